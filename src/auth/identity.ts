@@ -1,0 +1,15 @@
+import type { AuthMethod } from '../config/schema.js';
+
+/** Who is calling, as proved by one credential, always within one tenant. */
+export interface Identity {
+  readonly tenant: string;
+  readonly method: AuthMethod;
+  /** Certificate: the subject CN (or full subject). Token: `sub`. Path key: `path-key`. */
+  readonly subject: string;
+  /** URI SANs of a client certificate (spiffe://…). */
+  readonly uris: readonly string[];
+  /** Token: the cluster whose issuer verified it. */
+  readonly cluster?: string;
+  /** Epoch milliseconds after which the credential is no longer valid. */
+  readonly expiresAt?: number;
+}

@@ -1,0 +1,119 @@
+/**
+ * Bearer JWTs, verified offline with jose against the keys of the tenant's own clusters. The
+ * issuer picks the candidate clusters, but only a valid signature with that cluster's keys makes a
+ * token that cluster's: issuer strings are not unique (kind and kubeadm share a default), keys are.
+ */
+import { decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose';
+import { MeshgateError } from '../errors.js';
+import type { Identity } from './identity.js';
+import type { JwksSource } from './jwks.js';
+import { tokenCacheKey, type TokenCache } from './token-cache.js';
+
+/** Kubernetes service-account tokens are RS256, or ES256 with an EC signing key. Nothing else. */
+export const TOKEN_ALGORITHMS = ['RS256', 'ES256'] as const;
+
+export interface TokenIssuer {
+  readonly cluster: string;
+  readonly issuer: string;
+  readonly keys: JwksSource;
+}
+
+export interface TokenVerifierOptions {
+  readonly tenant: string;
+  readonly issuers: readonly TokenIssuer[];
+  readonly clockToleranceMs: number;
+  readonly cache: TokenCache<Identity>;
+}
+
+export type TokenVerifier = (token: string, audiences: readonly string[]) => Promise<Identity>;
+
+export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifier {
+  const clockTolerance = Math.ceil(options.clockToleranceMs / 1000);
+
+  return async (token, audiences) => {
+    const key = tokenCacheKey(options.tenant, audiences.join('\n'), token);
+    const cached = options.cache.get(key);
+    if (cached) return cached;
+
+    const issuer = unverifiedIssuer(token);
+    const candidates = options.issuers.filter((i) => i.issuer === issuer);
+    if (candidates.length === 0) {
+      throw new MeshgateError('MG_ERR_AUTHN_TOKEN_ISSUER', { detail: `issuer ${JSON.stringify(issuer)} is not one of tenant ${options.tenant}'s clusters` });
+    }
+
+    let failure: MeshgateError | undefined;
+    for (const candidate of candidates) {
+      let payload: JWTPayload;
+      try {
+        ({ payload } = await jwtVerify(token, (header, input) => candidate.keys.getKey(header, input), {
+          issuer: candidate.issuer,
+          audience: [...audiences],
+          algorithms: [...TOKEN_ALGORITHMS],
+          clockTolerance,
+          requiredClaims: ['exp', 'sub'],
+        }));
+      } catch (err) {
+        const mapped = mapJoseError(err);
+        // Another cluster with the same issuer string may hold the key: keep looking. If some
+        // cluster's keys could not be had, the answer is "unavailable", never "invalid".
+        if (mapped.code === 'MG_ERR_AUTHN_TOKEN_INVALID' || mapped.code === 'MG_ERR_AUTHN_JWKS_UNAVAILABLE') {
+          if (!failure || mapped.code === 'MG_ERR_AUTHN_JWKS_UNAVAILABLE') failure = mapped;
+          continue;
+        }
+        throw mapped;
+      }
+      const identity: Identity = {
+        tenant: options.tenant,
+        method: 'token',
+        subject: String(payload.sub),
+        uris: [],
+        cluster: candidate.cluster,
+        expiresAt: (payload.exp ?? 0) * 1000,
+      };
+      options.cache.set(key, identity, identity.expiresAt ?? 0);
+      return identity;
+    }
+    throw failure ?? new MeshgateError('MG_ERR_AUTHN_TOKEN_INVALID');
+  };
+}
+
+function unverifiedIssuer(token: string): string {
+  try {
+    decodeProtectedHeader(token);
+    const { iss } = decodeJwt(token);
+    if (typeof iss === 'string') return iss;
+  } catch (err) {
+    throw new MeshgateError('MG_ERR_AUTHN_TOKEN_MALFORMED', { cause: err });
+  }
+  throw new MeshgateError('MG_ERR_AUTHN_TOKEN_ISSUER', { message: 'bearer token has no issuer' });
+}
+
+function mapJoseError(err: unknown): MeshgateError {
+  if (err instanceof MeshgateError) return err;
+  const { code, claim } = err as { code?: string; claim?: string };
+  switch (code) {
+    case 'ERR_JWT_EXPIRED':
+      return new MeshgateError('MG_ERR_AUTHN_TOKEN_EXPIRED', { cause: err });
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
+      if (claim === 'aud') return new MeshgateError('MG_ERR_AUTHN_TOKEN_AUDIENCE', { cause: err });
+      if (claim === 'nbf' || claim === 'iat') return new MeshgateError('MG_ERR_AUTHN_TOKEN_EXPIRED', { cause: err });
+      return new MeshgateError('MG_ERR_AUTHN_TOKEN_INVALID', { detail: `claim ${String(claim)} failed`, cause: err });
+    case 'ERR_JWT_INVALID':
+    case 'ERR_JWS_INVALID':
+      return new MeshgateError('MG_ERR_AUTHN_TOKEN_MALFORMED', { cause: err });
+    default:
+      // Bad signature, unknown key id, disallowed algorithm, unusable key.
+      return new MeshgateError('MG_ERR_AUTHN_TOKEN_INVALID', { detail: code, cause: err });
+  }
+}
+
+/** The token of an `Authorization: Bearer …` header, or undefined when there is none. */
+export function bearerToken(header: string | string[] | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  if (Array.isArray(header)) {
+    throw new MeshgateError('MG_ERR_AUTHN_TOKEN_MALFORMED', { message: 'more than one Authorization header' });
+  }
+  const match = /^Bearer[ ]+([A-Za-z0-9._~+/-]+=*)[ ]*$/i.exec(header);
+  if (!match?.[1]) throw new MeshgateError('MG_ERR_AUTHN_TOKEN_MALFORMED', { message: 'Authorization is not a bearer token' });
+  return match[1];
+}

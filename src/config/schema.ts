@@ -1,0 +1,300 @@
+/**
+ * The configuration schema. It is also the type: `Config` is what zod returns, frozen, and nothing
+ * else describes the shape. docs/configuration.md documents every field here.
+ */
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { isForbiddenEndpoint } from '../planes/debug/endpoints.js';
+import { parseDuration, parseSize } from './units.js';
+
+const duration = z.string().transform((text, ctx) => {
+  const ms = parseDuration(text);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration: use e.g. "500ms", "10s", "5m"` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const size = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  const bytes = parseSize(value);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${String(value)}" is not a size: use a byte count or e.g. "64KiB", "6MiB"` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+/** A path to a file, relative to the config file's folder. src/config/files.ts reads and checks it. */
+const file = z.string().min(1);
+
+const name = z
+  .string()
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'use lowercase letters, digits and "-" (a DNS label)')
+  .max(63);
+
+const clusterId = z
+  .string()
+  .regex(/^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/, 'use letters, digits, "-", "_" and "."')
+  .max(253);
+
+/** `acme.mesh.example.com`, or a wildcard of one label: `*.acme.example.com`. */
+const hostPattern = z
+  .string()
+  .toLowerCase()
+  .regex(/^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'not a host name or "*." wildcard');
+
+const port = z.number().int().min(0).max(65535);
+
+export const PLANES = ['webhook', 'debug'] as const;
+export type PlaneName = (typeof PLANES)[number];
+
+export const AUTH_METHODS = ['clientCertificate', 'token', 'pathKey'] as const;
+export type AuthMethod = (typeof AUTH_METHODS)[number];
+
+const upstream = z.strictObject({
+  url: z.url({ protocol: /^https?$/ }),
+  ca: file.optional(),
+  serverName: z.string().optional(),
+});
+
+const debugUpstream = upstream.extend({
+  /** meshgate's own istiod token, sent for callers that authenticated with a client certificate. */
+  token: z.strictObject({ file, cluster: clusterId }).optional(),
+});
+
+const jwks = z
+  .strictObject({
+    url: z.url({ protocol: /^https?$/ }).optional(),
+    file: file.optional(),
+    ca: file.optional(),
+    tokenFile: file.optional(),
+  })
+  .check((ctx) => {
+    const { url, file: path, ca, tokenFile } = ctx.value;
+    if ((url === undefined) === (path === undefined)) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: 'set either "url" or "file"' });
+    }
+    if (path !== undefined && (ca !== undefined || tokenFile !== undefined)) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: '"ca" and "tokenFile" apply only with "url"' });
+    }
+  });
+
+const cluster = z.strictObject({
+  id: clusterId,
+  issuer: z.string().min(1),
+  jwks,
+  network: z.string().optional(),
+});
+
+const accessRule = z
+  .strictObject({
+    method: z.enum(AUTH_METHODS).optional(),
+    subject: z.string().min(1).optional(),
+    uri: z.string().min(1).optional(),
+    cluster: clusterId.optional(),
+  })
+  .refine((rule) => Object.keys(rule).length > 0, 'a rule needs at least one of method, subject, uri, cluster');
+
+const webhookSettings = z.strictObject({
+  authentication: z.array(z.enum(AUTH_METHODS)).min(1, 'at least one authentication method is required'),
+  audiences: z.array(z.string().min(1)).min(1).default(['meshgate-webhook']),
+  pathKeyFile: file.optional(),
+  sourceCIDRs: z.array(z.union([z.cidrv4(), z.cidrv6()])).optional(),
+  maxBodySize: size.default(6 * 1024 * 1024),
+  timeout: duration.default(10_000),
+  maxTimeout: duration.default(30_000),
+});
+
+const debugSettings = z.strictObject({
+  authentication: z
+    .array(z.enum(['clientCertificate', 'token']))
+    .min(1)
+    .default(['token']),
+  audiences: z.array(z.string().min(1)).min(1).default(['istio-ca']),
+  endpoints: z.array(z.string().min(1)).optional(),
+  timeout: duration.default(30_000),
+});
+
+const tenant = z.strictObject({
+  id: name,
+  hosts: z.array(hostPattern).min(1),
+  tls: z.strictObject({ cert: file, key: file, clientCA: file.optional() }),
+  istiod: z.strictObject({ webhook: upstream.optional(), debug: debugUpstream.optional() }),
+  clusters: z.array(cluster).min(1),
+  webhook: webhookSettings.optional(),
+  debug: debugSettings.default({ authentication: ['token'], audiences: ['istio-ca'], timeout: 30_000 }),
+  access: z.strictObject({ webhook: z.array(accessRule).optional(), debug: z.array(accessRule).optional() }).default({}),
+});
+
+const listener = z.strictObject({
+  host: z.string().default('0.0.0.0'),
+  port,
+  planes: z.array(z.enum(PLANES)),
+  defaultCertificate: z.strictObject({ cert: file, key: file }).optional(),
+  maxConnections: z.number().int().positive().default(10_000),
+  handshakeTimeout: duration.default(10_000),
+  headersTimeout: duration.default(30_000),
+  requestTimeout: duration.default(60_000),
+  keepAliveTimeout: duration.default(5_000),
+  idleTimeout: duration.default(300_000),
+  maxHeaderSize: size.default(16 * 1024),
+  http2: z
+    .strictObject({ maxConcurrentStreams: z.number().int().positive().default(100) })
+    .default({ maxConcurrentStreams: 100 }),
+});
+
+export const configSchema = z
+  .strictObject({
+    admin: z
+      .strictObject({ host: z.string().default('127.0.0.1'), port: port.default(9901) })
+      .default({ host: '127.0.0.1', port: 9901 }),
+    logging: z
+      .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .default({ level: 'info' }),
+    security: z
+      .strictObject({ allowLoopbackUpstreams: z.boolean().default(false) })
+      .default({ allowLoopbackUpstreams: false }),
+    auth: z
+      .strictObject({
+        clockTolerance: duration.default(30_000),
+        tokenCache: z
+          .strictObject({ maxEntries: z.number().int().positive().default(10_000), maxTtl: duration.default(300_000) })
+          .default({ maxEntries: 10_000, maxTtl: 300_000 }),
+        jwks: z
+          .strictObject({
+            cooldown: duration.default(30_000),
+            maxAge: duration.default(600_000),
+            timeout: duration.default(5_000),
+          })
+          .default({ cooldown: 30_000, maxAge: 600_000, timeout: 5_000 }),
+      })
+      .default({
+        clockTolerance: 30_000,
+        tokenCache: { maxEntries: 10_000, maxTtl: 300_000 },
+        jwks: { cooldown: 30_000, maxAge: 600_000, timeout: 5_000 },
+      }),
+    listeners: z.record(name, listener).refine((l) => Object.keys(l).length > 0, 'at least one listener is required'),
+    tenants: z.array(tenant).min(1),
+  })
+  .check((ctx) => checkCrossReferences(ctx.value, ctx.issues));
+
+export type RawConfig = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type TenantConfig = Config['tenants'][number];
+export type ClusterConfig = TenantConfig['clusters'][number];
+export type ListenerConfig = Config['listeners'][string];
+export type UpstreamConfig = z.output<typeof upstream>;
+export type AccessRule = z.output<typeof accessRule>;
+export type WebhookSettings = z.output<typeof webhookSettings>;
+export type DebugSettings = z.output<typeof debugSettings>;
+
+type Issue = { code: 'custom'; message: string; path: PropertyKey[]; input: unknown };
+
+/** Rules that span fields. Each issue carries the path of the field to fix. */
+function checkCrossReferences(config: Config, issues: unknown[]): void {
+  const report = (path: PropertyKey[], message: string): void => {
+    issues.push({ code: 'custom', message, path, input: undefined } satisfies Issue);
+  };
+
+  const ports = new Map<number, string>([[config.admin.port, 'admin']]);
+  for (const [listenerName, l] of Object.entries(config.listeners)) {
+    const owner = ports.get(l.port);
+    if (l.port !== 0 && owner !== undefined) report(['listeners', listenerName, 'port'], `port ${l.port} is already used by ${owner}`);
+    ports.set(l.port, `listener "${listenerName}"`);
+    if (new Set(l.planes).size !== l.planes.length) report(['listeners', listenerName, 'planes'], 'a plane is listed twice');
+  }
+
+  const tenantIds = new Set<string>();
+  const hostOwner = new Map<string, string>();
+  config.tenants.forEach((t, i) => {
+    const at = (...rest: PropertyKey[]): PropertyKey[] => ['tenants', i, ...rest];
+    if (tenantIds.has(t.id)) report(at('id'), `tenant id "${t.id}" is used twice`);
+    tenantIds.add(t.id);
+
+    t.hosts.forEach((host, h) => {
+      const owner = hostOwner.get(host);
+      if (owner !== undefined) report(at('hosts', h), `host "${host}" already belongs to tenant "${owner}"`);
+      hostOwner.set(host, t.id);
+    });
+
+    const clusterIds = new Set<string>();
+    t.clusters.forEach((c, j) => {
+      if (clusterIds.has(c.id)) report(at('clusters', j, 'id'), `cluster id "${c.id}" is used twice in this tenant`);
+      clusterIds.add(c.id);
+    });
+
+    if ((t.istiod.webhook === undefined) !== (t.webhook === undefined)) {
+      report(at('webhook'), 'set "webhook" (its authentication) and "istiod.webhook" (its upstream) together');
+    }
+    if (t.webhook) {
+      const methods = new Set(t.webhook.authentication);
+      if (methods.has('pathKey') !== (t.webhook.pathKeyFile !== undefined)) {
+        report(at('webhook', 'pathKeyFile'), 'set "pathKeyFile" exactly when authentication includes "pathKey"');
+      }
+      if (methods.has('clientCertificate') && t.tls.clientCA === undefined) {
+        report(at('tls', 'clientCA'), 'webhook authentication includes "clientCertificate", so a client CA is required');
+      }
+    }
+    if (t.debug.authentication.includes('clientCertificate')) {
+      if (t.tls.clientCA === undefined) {
+        report(at('tls', 'clientCA'), 'debug authentication includes "clientCertificate", so a client CA is required');
+      }
+      if (t.istiod.debug?.token === undefined) {
+        report(
+          at('istiod', 'debug', 'token'),
+          'debug authentication includes "clientCertificate": istiod needs a token for such callers, so set istiod.debug.token',
+        );
+      }
+    }
+    t.debug.endpoints?.forEach((endpoint, e) => {
+      if (isForbiddenEndpoint(endpoint)) {
+        report(at('debug', 'endpoints', e), `"${endpoint}" changes istiod's state or costs it heavily; meshgate never forwards it`);
+      }
+    });
+    const debugTokenCluster = t.istiod.debug?.token?.cluster;
+    if (debugTokenCluster !== undefined && !clusterIds.has(debugTokenCluster)) {
+      report(at('istiod', 'debug', 'token', 'cluster'), `"${debugTokenCluster}" is not a cluster of this tenant`);
+    }
+    for (const plane of PLANES) {
+      t.access[plane]?.forEach((rule, r) => {
+        if (rule.cluster !== undefined && !clusterIds.has(rule.cluster)) {
+          report(at('access', plane, r, 'cluster'), `"${rule.cluster}" is not a cluster of this tenant`);
+        }
+      });
+    }
+
+    if (!config.security.allowLoopbackUpstreams) {
+      for (const plane of PLANES) {
+        const target = t.istiod[plane];
+        if (target && isLoopbackHost(new URL(target.url).hostname)) {
+          report(
+            at('istiod', plane, 'url'),
+            'istiod trusts loopback callers fully, so meshgate never reaches it over loopback ' +
+              '(security.allowLoopbackUpstreams exists for the sandbox only)',
+          );
+        }
+      }
+    }
+  });
+
+  // A wildcard that covers another tenant's exact host would make routing depend on match order.
+  for (const [host, owner] of hostOwner) {
+    if (host.startsWith('*.')) continue;
+    const wildcard = `*.${host.slice(host.indexOf('.') + 1)}`;
+    const wildcardOwner = hostOwner.get(wildcard);
+    if (wildcardOwner !== undefined && wildcardOwner !== owner) {
+      const i = config.tenants.findIndex((t) => t.id === owner);
+      report(['tenants', i, 'hosts'], `host "${host}" is also covered by tenant "${wildcardOwner}"'s "${wildcard}"`);
+    }
+  }
+}
+
+/** 127.0.0.0/8, ::1, IPv4-mapped loopback, and the name localhost. */
+export function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  if (host === 'localhost' || host.endsWith('.localhost')) return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  if (isIP(host) === 6) return host === '::1' || /^::ffff:127\./.test(host) || /^0*:(0*:){6}0*1$/.test(host);
+  return false;
+}

@@ -1,0 +1,167 @@
+/**
+ * Forwarding an HTTP request to an HTTP/1.1 upstream. Chosen by the inbound protocol:
+ *  - HTTP/1.1 in: http-proxy-3. Outbound headers are put on `req.headers` before `proxy.web()`,
+ *    never in a `proxyReq` handler, which http-proxy skips when the request has `Expect:`.
+ *  - HTTP/2 in: a request of our own per stream, piping both ways.
+ * Either way: one deadline for the whole exchange, errors before the response headers become a
+ * MeshgateError for the plane to render, and a failure after them cuts the response off so it can
+ * never look complete.
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders, ClientRequest } from 'node:http';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { constants as h2 } from 'node:http2';
+import { Readable } from 'node:stream';
+import { createProxyServer } from 'http-proxy-3';
+import { MeshgateError } from '../errors.js';
+import type { Exchange, H1Exchange, H2Exchange } from '../listener/exchange.js';
+import { isHopByHopResponseHeader } from '../http/headers.js';
+import { classifyUpstreamError, type HttpUpstream } from './upstream.js';
+
+export interface ForwardRequest {
+  readonly upstream: HttpUpstream;
+  /** Path and query to request from the upstream. */
+  readonly path: string;
+  /** The complete outbound headers, already sanitized and completed by the plane. */
+  readonly headers: OutgoingHttpHeaders;
+  /** A body read in advance; when absent, the request body is streamed. */
+  readonly body?: Buffer | undefined;
+  readonly timeoutMs: number;
+}
+
+export interface ForwardResult {
+  readonly status: number;
+  /** Set when the upstream failed after the response had begun. */
+  readonly error?: MeshgateError;
+}
+
+/** Forwards the exchange; resolves when it is over. Rejects (nothing sent yet) for the plane to render. */
+export function forwardHttp(exchange: Exchange, request: ForwardRequest): Promise<ForwardResult> {
+  return exchange.protocol === 'h2' ? forwardH2(exchange, request) : forwardH1(exchange, request);
+}
+
+const proxy = createProxyServer({ xfwd: false, changeOrigin: true, secure: true, ws: false, prependPath: true });
+/** Outbound requests by inbound request, so that a deadline can cancel the outbound one. */
+const outbound = new WeakMap<object, (proxyReq: ClientRequest) => void>();
+proxy.on('proxyReq', (proxyReq, req) => outbound.get(req)?.(proxyReq));
+// Errors reach each request's callback; this listener only keeps a stray one from crashing the process.
+proxy.on('error', () => undefined);
+
+function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<ForwardResult> {
+  const { req, res } = exchange;
+  replaceHeaders(req.headers, request.headers);
+  req.url = request.path;
+
+  return new Promise((resolve, reject) => {
+    const timeout = new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${request.timeoutMs} ms` });
+    let timedOut = false;
+    let upstreamReq: ClientRequest | undefined;
+    let failure: MeshgateError | undefined;
+    let rejected = false;
+
+    const timer = setTimeout(() => {
+      timedOut = true;
+      if (upstreamReq) upstreamReq.destroy(timeout);
+      else fail(timeout);
+    }, request.timeoutMs);
+    outbound.set(req, (proxyReq) => {
+      upstreamReq = proxyReq;
+      if (timedOut) proxyReq.destroy(timeout);
+    });
+
+    const fail = (error: MeshgateError): void => {
+      failure ??= error;
+      if (!res.headersSent && !rejected) {
+        rejected = true;
+        upstreamReq?.destroy();
+        reject(error);
+      } else {
+        res.destroy();
+      }
+    };
+    res.once('close', () => {
+      clearTimeout(timer);
+      outbound.delete(req);
+      if (!rejected) resolve(failure ? { status: res.statusCode, error: failure } : { status: res.statusCode });
+    });
+
+    proxy.web(
+      req,
+      res,
+      {
+        target: request.upstream.origin,
+        agent: request.upstream.agent,
+        buffer: request.body ? Readable.from([request.body]) : undefined,
+      },
+      (err) => fail(timedOut ? timeout : classifyUpstreamError(err)),
+    );
+  });
+}
+
+function replaceHeaders(target: IncomingHttpHeaders, source: OutgoingHttpHeaders): void {
+  for (const name of Object.keys(target)) {
+    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete -- clearing the object in place
+    delete target[name];
+  }
+  for (const [name, value] of Object.entries(source)) {
+    if (value !== undefined) target[name] = typeof value === 'number' ? String(value) : value;
+  }
+}
+
+function forwardH2(exchange: H2Exchange, request: ForwardRequest): Promise<ForwardResult> {
+  const { stream } = exchange;
+  const { origin, agent } = request.upstream;
+  const send = origin.protocol === 'https:' ? httpsRequest : httpRequest;
+
+  return new Promise((resolve, reject) => {
+    let failure: MeshgateError | undefined;
+    let rejected = false;
+    const fail = (error: MeshgateError): void => {
+      failure ??= error;
+      upstreamReq.destroy();
+      if (!stream.headersSent && !rejected) {
+        rejected = true;
+        reject(error);
+      } else if (!stream.destroyed) {
+        stream.destroy(error);
+      }
+    };
+
+    const upstreamReq = send({
+      protocol: origin.protocol,
+      hostname: origin.hostname.replace(/^\[|\]$/g, ''),
+      port: origin.port,
+      method: exchange.method,
+      path: request.path,
+      headers: { ...request.headers, host: origin.host },
+      agent,
+    });
+    const timer = setTimeout(() => {
+      fail(new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${request.timeoutMs} ms` }));
+    }, request.timeoutMs);
+
+    upstreamReq.on('error', (err) => fail(classifyUpstreamError(err)));
+    upstreamReq.on('response', (upstreamRes) => {
+      if (stream.destroyed || stream.closed) {
+        upstreamRes.resume();
+        return;
+      }
+      const headers: OutgoingHttpHeaders = { [h2.HTTP2_HEADER_STATUS]: upstreamRes.statusCode ?? 502 };
+      for (const [name, value] of Object.entries(upstreamRes.headers)) {
+        if (!isHopByHopResponseHeader(name) && value !== undefined) headers[name] = value;
+      }
+      stream.respond(headers);
+      upstreamRes.on('error', (err) => fail(classifyUpstreamError(err)));
+      upstreamRes.pipe(stream);
+    });
+    stream.once('close', () => {
+      clearTimeout(timer);
+      if (!upstreamReq.destroyed && !upstreamReq.writableFinished) upstreamReq.destroy();
+      const status = exchange.status ?? 0;
+      if (!rejected) resolve(failure ? { status, error: failure } : { status });
+    });
+
+    if (request.body) upstreamReq.end(request.body);
+    else exchange.body.pipe(upstreamReq);
+  });
+}

@@ -1,0 +1,79 @@
+/**
+ * An HTTP(S) upstream of one tenant: its origin and its own connection pool. Pools are never shared
+ * between tenants, so a pooled connection can never carry one tenant's request to another's
+ * backend. TLS is always verified (against the configured CA, or the system roots), and a name
+ * that resolves to loopback is refused: istiod trusts loopback callers fully.
+ */
+import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from 'node:dns';
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { isIP } from 'node:net';
+import { isLoopbackHost, type UpstreamConfig } from '../config/schema.js';
+import type { ConfigFiles } from '../config/files.js';
+import { MeshgateError } from '../errors.js';
+
+export interface HttpUpstream {
+  /** `https://istiod.acme-cp.svc:15017`: protocol, host and port only. */
+  readonly origin: URL;
+  readonly agent: HttpAgent;
+  close(): void;
+}
+
+export interface UpstreamOptions {
+  readonly allowLoopback: boolean;
+}
+
+export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, options: UpstreamOptions): HttpUpstream {
+  const url = new URL(config.url);
+  const origin = new URL(url.origin);
+  const pool = {
+    keepAlive: true,
+    maxSockets: 256,
+    maxFreeSockets: 32,
+    scheduling: 'lifo' as const,
+    lookup: options.allowLoopback ? undefined : refuseLoopback,
+  };
+  const agent =
+    origin.protocol === 'https:'
+      ? new HttpsAgent({
+          ...pool,
+          ca: config.ca === undefined ? undefined : files.text(config.ca),
+          servername: config.serverName ?? (isIP(origin.hostname.replace(/^\[|\]$/g, '')) === 0 ? origin.hostname : undefined),
+          rejectUnauthorized: true,
+        })
+      : new HttpAgent(pool);
+  return { origin, agent, close: () => agent.destroy() };
+}
+
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+
+/** A dns.lookup that fails when any resolved address is loopback. */
+function refuseLoopback(hostname: string, options: LookupOptions, callback: LookupCallback): void {
+  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+    if (err) {
+      callback(err, []);
+      return;
+    }
+    if (addresses.some((a) => isLoopbackHost(a.address))) {
+      callback(new MeshgateError('MG_ERR_UPSTREAM_LOOPBACK', { detail: `${hostname} resolves to loopback` }), []);
+      return;
+    }
+    if (options.all === true) callback(null, addresses);
+    else {
+      const [first] = addresses;
+      callback(null, first?.address ?? '', first?.family);
+    }
+  });
+}
+
+const TLS_ERROR = /^(CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|ERR_TLS_|ERR_SSL_|HOSTNAME_MISMATCH|EPROTO$)/;
+const UNAVAILABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EADDRNOTAVAIL']);
+
+/** What an upstream failure means to the client. */
+export function classifyUpstreamError(err: unknown): MeshgateError {
+  if (err instanceof MeshgateError) return err;
+  const code = (err as { code?: string }).code ?? '';
+  if (TLS_ERROR.test(code)) return new MeshgateError('MG_ERR_UPSTREAM_TLS', { detail: code, cause: err });
+  if (UNAVAILABLE.has(code)) return new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { detail: code, cause: err });
+  return new MeshgateError('MG_ERR_UPSTREAM_RESET', { detail: code || String(err), cause: err });
+}

@@ -1,0 +1,135 @@
+/**
+ * buildGateway(config) assembles meshgate without side effects: nothing listens and nothing is
+ * fetched until listen(). Tests build, listen on port 0, and close.
+ */
+import type { AddressInfo } from 'node:net';
+import { createAdminServer } from '../admin/admin-server.js';
+import type { LoadedConfig } from '../config/load.js';
+import { createBodyBudget } from '../http/body.js';
+import { createTlsListener, type TlsListener } from '../listener/tls-listener.js';
+import { createLogger, type Logger } from '../observability/logger.js';
+import { createMetrics, type Metrics } from '../observability/metrics.js';
+import { createDebugPlane } from '../planes/debug/plane.js';
+import type { Plane } from '../planes/plane.js';
+import { createWebhookPlane } from '../planes/webhook/plane.js';
+import { defaultCertificate } from '../pki/default-certificate.js';
+import { buildSnapshot, type Snapshot } from '../tenancy/snapshot.js';
+import { createRequestHandler } from './handle-request.js';
+
+export interface GatewayOptions {
+  readonly logger?: Logger;
+  /** Sum of request bodies buffered at once across all requests. */
+  readonly bodyBudgetBytes?: number;
+}
+
+export interface GatewayAddresses {
+  readonly admin: AddressInfo;
+  readonly listeners: Readonly<Record<string, AddressInfo>>;
+}
+
+export interface Gateway {
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  current(): Snapshot;
+  listen(): Promise<GatewayAddresses>;
+  /** Swaps in a new snapshot; on failure keeps the current one and throws. Listeners are not changed. */
+  reload(loaded: LoadedConfig): void;
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Snapshots replaced by a reload keep their connection pools this long, for requests in flight. */
+const RETIRE_AFTER_MS = 120_000;
+
+export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {}): Gateway {
+  const logger = options.logger ?? createLogger(loaded.config.logging.level);
+  const metrics = createMetrics();
+  const planes: Plane[] = [
+    createWebhookPlane({ bodyBudget: createBodyBudget(options.bodyBudgetBytes ?? 256 * 1024 * 1024) }),
+    createDebugPlane(),
+  ];
+
+  let version = 0;
+  const build = (next: LoadedConfig): Snapshot =>
+    buildSnapshot(next, {
+      version: ++version,
+      planes,
+      onTokenCacheLookup: (hit) => metrics.tokenCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
+      onJwksLoad: (tenant, cluster, result, error) => {
+        metrics.jwksLoads.inc({ tenant, cluster, result });
+        if (error !== undefined) logger.warn({ tenant, cluster, err: error }, 'JWKS load failed');
+      },
+    });
+  let snapshot = build(loaded);
+  metrics.configVersion.set(snapshot.version);
+  const retired = new Set<Snapshot>();
+  let listening = false;
+
+  const handlerDeps = { current: () => snapshot, planes, metrics, logger };
+  const fallback = defaultCertificate();
+  const listeners: TlsListener[] = Object.entries(loaded.config.listeners).map(([name, config]) =>
+    createTlsListener({
+      name,
+      config,
+      contextFor: (serverName) => snapshot.tenantForHost(serverName)?.secureContext,
+      defaultCertificate: config.defaultCertificate
+        ? { cert: loaded.files.text(config.defaultCertificate.cert), key: loaded.files.text(config.defaultCertificate.key) }
+        : fallback,
+      onExchange: createRequestHandler(handlerDeps, config.planes),
+      metrics,
+      logger,
+    }),
+  );
+  const admin = createAdminServer({
+    host: loaded.config.admin.host,
+    port: loaded.config.admin.port,
+    metrics,
+    readiness: () => ({ ready: listening, detail: { snapshot: snapshot.version, tenants: snapshot.tenants.length } }),
+  });
+
+  const warmKeys = (s: Snapshot): void => {
+    for (const tenant of s.tenants) for (const source of tenant.jwks.values()) void source.warm();
+  };
+
+  return {
+    metrics,
+    logger,
+    current: () => snapshot,
+    async listen() {
+      const adminAddress = await admin.listen();
+      const addresses: Record<string, AddressInfo> = {};
+      for (const listener of listeners) addresses[listener.name] = await listener.listen();
+      listening = true;
+      warmKeys(snapshot);
+      logger.info({ admin: adminAddress, listeners: addresses, tenants: snapshot.tenants.map((t) => t.id) }, 'meshgate is serving');
+      return { admin: adminAddress, listeners: addresses };
+    },
+    reload(next) {
+      let fresh: Snapshot;
+      try {
+        fresh = build(next);
+      } catch (err) {
+        metrics.configReloads.inc({ result: 'failure' });
+        throw err;
+      }
+      const old = snapshot;
+      snapshot = fresh;
+      metrics.configReloads.inc({ result: 'success' });
+      metrics.configVersion.set(fresh.version);
+      retired.add(old);
+      setTimeout(() => {
+        retired.delete(old);
+        old.dispose();
+      }, RETIRE_AFTER_MS).unref();
+      if (listening) warmKeys(fresh);
+      logger.info({ snapshot: fresh.version, tenants: fresh.tenants.map((t) => t.id) }, 'config reloaded');
+    },
+    async close(graceMs = 5_000) {
+      listening = false;
+      await Promise.all(listeners.map((l) => l.close(graceMs)));
+      await admin.close();
+      snapshot.dispose();
+      for (const old of retired) old.dispose();
+      retired.clear();
+    },
+  };
+}

@@ -1,0 +1,150 @@
+/**
+ * One request and its response, whether it came over HTTP/1.1 or as an HTTP/2 stream. Stages read
+ * the request and answer through this; only the forwarders look at the protocol underneath.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { constants as h2, type ServerHttp2Stream } from 'node:http2';
+import type { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+
+interface ExchangeBase {
+  readonly id: string;
+  readonly listener: string;
+  readonly method: string;
+  /** The request target (path and query) exactly as received. */
+  readonly target: string;
+  /** Host (HTTP/1.1) or :authority (HTTP/2) as received. */
+  readonly authority: string | undefined;
+  /** The request's headers, sanitized in place and then completed by the plane. */
+  readonly headers: IncomingHttpHeaders;
+  readonly socket: TLSSocket;
+  /** The TLS server name (SNI) of the connection, lower-cased; undefined when none was sent. */
+  readonly serverName: string | undefined;
+  readonly remoteAddress: string | undefined;
+  /** performance.now() when the request arrived. */
+  readonly startedAt: number;
+  readonly body: Readable;
+  readonly headersSent: boolean;
+  /** The response status, once headers went out. */
+  readonly status: number | undefined;
+  /** Whether the response was sent to its end (false when it was cut short). */
+  readonly completed: boolean;
+  /** Sends a whole response. Only before headers went out. */
+  respond(status: number, headers: OutgoingHttpHeaders, body: string | Buffer): void;
+  /** Ends the exchange at once: a reset stream, or a destroyed connection. Never a clean end. */
+  abort(): void;
+  /** Runs once when the exchange is over, however it ended. */
+  onClose(listener: () => void): void;
+}
+
+export interface H1Exchange extends ExchangeBase {
+  readonly protocol: 'http/1.1';
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+}
+
+export interface H2Exchange extends ExchangeBase {
+  readonly protocol: 'h2';
+  readonly stream: ServerHttp2Stream;
+}
+
+export type Exchange = H1Exchange | H2Exchange;
+
+function serverNameOf(socket: TLSSocket): string | undefined {
+  const name = (socket as TLSSocket & { servername?: string | false }).servername;
+  return typeof name === 'string' && name !== '' ? name.toLowerCase() : undefined;
+}
+
+export function createH1Exchange(listener: string, req: IncomingMessage, res: ServerResponse): H1Exchange {
+  // The listener only hands this server TLS sockets.
+  // eslint-disable-next-line @typescript-eslint/no-unsafe-class-instance-assignment
+  const socket = req.socket as TLSSocket;
+  return {
+    protocol: 'http/1.1',
+    id: randomUUID(),
+    listener,
+    req,
+    res,
+    method: req.method ?? 'GET',
+    target: req.url ?? '',
+    authority: req.headers.host,
+    headers: req.headers,
+    socket,
+    serverName: serverNameOf(socket),
+    remoteAddress: socket.remoteAddress,
+    startedAt: performance.now(),
+    body: req,
+    get headersSent() {
+      return res.headersSent;
+    },
+    get status() {
+      return res.headersSent ? res.statusCode : undefined;
+    },
+    get completed() {
+      return res.writableFinished;
+    },
+    respond(status, headers, body) {
+      // A request whose body was not read to the end leaves the connection in an unknown
+      // state: close it rather than let Node read and discard an unbounded remainder.
+      if (!req.complete) res.shouldKeepAlive = false;
+      res.writeHead(status, { ...headers, 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+    },
+    abort() {
+      res.destroy();
+    },
+    onClose(listener) {
+      res.once('close', listener);
+    },
+  };
+}
+
+export function createH2Exchange(listener: string, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): H2Exchange {
+  const socket = stream.session?.socket as TLSSocket;
+  const method = headers[h2.HTTP2_HEADER_METHOD];
+  const path = headers[h2.HTTP2_HEADER_PATH];
+  const authority = headers[h2.HTTP2_HEADER_AUTHORITY] ?? headers.host;
+  let status: number | undefined;
+  return {
+    protocol: 'h2',
+    id: randomUUID(),
+    listener,
+    stream,
+    method: typeof method === 'string' ? method : 'GET',
+    target: typeof path === 'string' ? path : '',
+    authority: typeof authority === 'string' ? authority : undefined,
+    headers,
+    socket,
+    serverName: serverNameOf(socket),
+    remoteAddress: socket.remoteAddress,
+    startedAt: performance.now(),
+    body: stream,
+    get headersSent() {
+      return stream.headersSent;
+    },
+    get status() {
+      if (status !== undefined) return status;
+      const sent = stream.sentHeaders[h2.HTTP2_HEADER_STATUS];
+      return typeof sent === 'number' ? sent : sent === undefined ? undefined : Number(sent);
+    },
+    get completed() {
+      // At 'close', a stream that ended normally can still read writableFinished === false; what
+      // tells a complete response from a cut one is that it ended without a reset.
+      return stream.writableFinished || (stream.writableEnded && stream.rstCode === h2.NGHTTP2_NO_ERROR);
+    },
+    respond(code, responseHeaders, body) {
+      if (stream.destroyed || stream.closed) return;
+      status = code;
+      stream.respond({ ...responseHeaders, [h2.HTTP2_HEADER_STATUS]: code, 'content-length': Buffer.byteLength(body) });
+      stream.end(body);
+    },
+    abort() {
+      // destroy(err) sends RST_STREAM(INTERNAL_ERROR); close() could end the stream cleanly instead.
+      stream.destroy(new Error('exchange aborted'));
+    },
+    onClose(listener) {
+      stream.once('close', listener);
+    },
+  };
+}

@@ -1,0 +1,81 @@
+/**
+ * Every metric meshgate exports, in one place, on a registry of its own (never prom-client's
+ * global one, so that two gateways in one process do not collide). Labels are bounded: tenant,
+ * plane, listener and stable codes, never a token, a path or an identity.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+/** Label value for requests that never reached a tenant or a plane. */
+export const NONE = '-';
+
+export function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+
+  return {
+    registry,
+    requests: new Counter({
+      name: 'meshgate_http_requests_total',
+      help: 'Requests by tenant, plane and outcome (OK, or the MG_ERR_* code).',
+      labelNames: ['tenant', 'plane', 'outcome'] as const,
+      registers,
+    }),
+    requestDuration: new Histogram({
+      name: 'meshgate_http_request_duration_seconds',
+      help: 'Time from request to the end of the response.',
+      labelNames: ['tenant', 'plane'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    }),
+    denials: new Counter({
+      name: 'meshgate_denials_total',
+      help: 'Requests rejected by meshgate, by reason (the MG_ERR_* code).',
+      labelNames: ['tenant', 'plane', 'reason'] as const,
+      registers,
+    }),
+    upstreamErrors: new Counter({
+      name: 'meshgate_upstream_errors_total',
+      help: 'Failures reaching or reading an upstream, by reason.',
+      labelNames: ['tenant', 'plane', 'reason'] as const,
+      registers,
+    }),
+    configReloads: new Counter({
+      name: 'meshgate_config_reloads_total',
+      help: 'Config reloads by result (success, failure).',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    configVersion: new Gauge({
+      name: 'meshgate_config_snapshot_version',
+      help: 'Version of the config snapshot in use; it rises with each successful reload.',
+      registers,
+    }),
+    jwksLoads: new Counter({
+      name: 'meshgate_jwks_loads_total',
+      help: 'JWKS loads by tenant, cluster and result.',
+      labelNames: ['tenant', 'cluster', 'result'] as const,
+      registers,
+    }),
+    tokenCacheLookups: new Counter({
+      name: 'meshgate_token_cache_lookups_total',
+      help: 'Verified-token cache lookups by result (hit, miss).',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    tlsHandshakeErrors: new Counter({
+      name: 'meshgate_tls_handshake_errors_total',
+      help: 'TLS handshakes that failed, by listener.',
+      labelNames: ['listener'] as const,
+      registers,
+    }),
+    connections: new Gauge({
+      name: 'meshgate_listener_connections',
+      help: 'Open client connections by listener.',
+      labelNames: ['listener'] as const,
+      registers,
+    }),
+  };
+}

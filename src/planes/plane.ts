@@ -1,0 +1,40 @@
+/**
+ * What a plane is: a small pipeline of its own (checks, authentication, authorization, forwarding)
+ * behind a path prefix. Each plane builds, per config snapshot and per tenant, everything its
+ * requests need; a request only reads it.
+ */
+import type { Authenticated } from '../auth/authenticate.js';
+import type { PlaneName } from '../config/schema.js';
+import type { MeshgateError } from '../errors.js';
+import type { RequestTarget } from '../http/canonical-path.js';
+import type { Exchange } from '../listener/exchange.js';
+import type { TenantCore } from '../tenancy/tenant.js';
+
+/** The state of one request, filled in order: tenant → plane → identity → outcome. */
+export interface RequestContext {
+  readonly exchange: Exchange;
+  tenant?: TenantCore;
+  target?: RequestTarget;
+  plane?: PlaneName;
+  authenticated?: Authenticated;
+  error?: MeshgateError;
+  /** Set by the forwarder when the upstream answered. */
+  upstreamStatus?: number;
+}
+
+export interface RoutedContext extends RequestContext {
+  tenant: TenantCore;
+  target: RequestTarget;
+}
+
+export interface Plane<TenantState = unknown> {
+  readonly name: PlaneName;
+  /** Whether the path belongs to this plane (on a listener that serves it). */
+  owns(path: string): boolean;
+  /** Builds this plane's state for one tenant of a new snapshot; undefined when the tenant has none. */
+  build(tenant: TenantCore): TenantState | undefined;
+  /** Handles one request: responds, or throws a MeshgateError for the renderer. */
+  handle(context: RoutedContext, state: TenantState | undefined): Promise<void>;
+  /** Releases what `build` opened (connection pools), once the snapshot is retired. */
+  dispose?(state: TenantState): void;
+}

@@ -1,0 +1,126 @@
+/**
+ * The webhook plane: a mesh cluster's kube-apiserver calling istiod's sidecar injection and config
+ * validation (istiod :15017), which has no client authentication of its own. meshgate supplies it:
+ *
+ *   path → method → content type → size → source network → credential → rules → cluster in path
+ *   → body (bounded) → forward (TLS, verified) with the apiserver's own deadline (`?timeout=`)
+ */
+import { createAuthenticator, type Authenticator } from '../../auth/authenticate.js';
+import { createPathKey } from '../../auth/path-key.js';
+import type { WebhookSettings } from '../../config/schema.js';
+import { parseGoDuration } from '../../config/units.js';
+import { MeshgateError } from '../../errors.js';
+import { declaredLength, readBody, type BodyBudget } from '../../http/body.js';
+import { queryParam } from '../../http/canonical-path.js';
+import { outboundHeaders } from '../../http/outbound.js';
+import { forwardHttp } from '../../forward/http.js';
+import { createHttpUpstream, type HttpUpstream } from '../../forward/upstream.js';
+import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
+import { createSourceCheck, type SourceCheck } from '../../policy/source-address.js';
+import type { Plane } from '../plane.js';
+import { CLUSTER_ENV, parseWebhookPath } from './paths.js';
+
+export interface WebhookState {
+  readonly settings: WebhookSettings;
+  readonly authenticate: Authenticator;
+  readonly authorize: Authorizer;
+  readonly checkSource: SourceCheck | undefined;
+  readonly upstream: HttpUpstream;
+}
+
+export interface WebhookPlaneDeps {
+  readonly bodyBudget: BodyBudget;
+}
+
+const POST_ONLY = new MeshgateError('MG_ERR_REQUEST_METHOD_NOT_ALLOWED', {
+  message: 'webhooks take POST only',
+  headers: { allow: 'POST' },
+});
+
+export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> {
+  return {
+    name: 'webhook',
+
+    owns: (path) => /^\/(inject|validate|k)(\/|$)/.test(path),
+
+    build(tenant) {
+      const { webhook: settings, istiod } = tenant.config;
+      if (!settings || !istiod.webhook) return undefined;
+      return {
+        settings,
+        authenticate: createAuthenticator({
+          methods: settings.authentication,
+          audiences: settings.audiences,
+          certificates: tenant.certificates,
+          tokens: tenant.tokens,
+          pathKey:
+            settings.pathKeyFile === undefined ? undefined : createPathKey(tenant.id, tenant.files.text(settings.pathKeyFile)),
+        }),
+        authorize: createAuthorizer(tenant.id, tenant.config.access.webhook),
+        checkSource: createSourceCheck(settings.sourceCIDRs),
+        upstream: createHttpUpstream(istiod.webhook, tenant.files, { allowLoopback: tenant.allowLoopbackUpstreams }),
+      };
+    },
+
+    dispose(state) {
+      state.upstream.close();
+    },
+
+    async handle(context, state) {
+      if (!state) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND', { message: 'this tenant has no webhook plane' });
+      const { exchange, target, tenant } = context;
+      const { settings } = state;
+
+      const path = parseWebhookPath(target.path);
+      if (exchange.method !== 'POST') throw POST_ONLY;
+      checkContentType(exchange.headers['content-type']);
+      declaredLength(exchange.headers['content-length'], settings.maxBodySize);
+      const timeoutMs = deadline(target.query, settings);
+
+      state.checkSource?.(exchange.remoteAddress);
+      context.authenticated = await state.authenticate({
+        socket: exchange.socket,
+        authorization: exchange.headers.authorization,
+        pathKey: path.pathKey,
+      });
+      state.authorize(context.authenticated.identity);
+      const cluster = path.env.get(CLUSTER_ENV);
+      if (cluster !== undefined && !tenant.clusters.has(cluster)) {
+        throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_CLUSTER', { detail: `injection path names cluster ${cluster}` });
+      }
+
+      const { body, release } = await readBody(exchange.body, settings.maxBodySize, deps.bodyBudget);
+      try {
+        const result = await forwardHttp(exchange, {
+          upstream: state.upstream,
+          path: target.query === undefined ? path.forwardPath : `${path.forwardPath}?${target.query}`,
+          headers: outboundHeaders(exchange, { 'content-length': String(body.length) }),
+          body,
+          timeoutMs,
+        });
+        context.upstreamStatus = result.status;
+        if (result.error) context.error = result.error;
+      } finally {
+        release();
+      }
+    },
+  };
+}
+
+/** istiod takes `application/json` and nothing else (it answers 415 itself otherwise). */
+function checkContentType(value: string | undefined): void {
+  if (value?.trim().toLowerCase() !== 'application/json') {
+    throw new MeshgateError('MG_ERR_REQUEST_CONTENT_TYPE', { message: 'webhooks take Content-Type: application/json only' });
+  }
+}
+
+/** The apiserver's own deadline (`?timeout=10s`), bounded by the tenant's maximum. */
+function deadline(query: string | undefined, settings: WebhookSettings): number {
+  const text = queryParam(query, 'timeout');
+  if (text === undefined) return settings.timeout;
+  const ms = parseGoDuration(text);
+  if (ms === undefined || ms <= 0) {
+    throw new MeshgateError('MG_ERR_REQUEST_BAD_TIMEOUT', { message: `timeout "${text}" is not a positive duration` });
+  }
+  return Math.min(ms, settings.maxTimeout);
+}

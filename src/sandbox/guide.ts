@@ -1,0 +1,56 @@
+/** The commands `meshgate sandbox` prints: each works when pasted into a shell. */
+import { join } from 'node:path';
+import type { SandboxInfo } from './sandbox.js';
+
+const quote = (text: string): string => `'${text.replaceAll("'", `'\\''`)}'`;
+
+/** curl with the sandbox's CA and a --resolve for the tenant's host (no DNS needed). */
+function curl(info: SandboxInfo, host: string, port: number, extra: readonly string[]): string {
+  return ['curl -sS', `--resolve ${host}:${port}:127.0.0.1`, `--cacert ${quote(info.caFile)}`, ...extra].join(' \\\n    ');
+}
+
+export function sandboxGuide(info: SandboxInfo): string {
+  const acme = info.tenants.acme;
+  const globex = info.tenants.globex;
+  if (!acme || !globex) throw new Error('the sandbox has the tenants acme and globex');
+  const webhookPort = info.listeners.webhook.port;
+  const apiPort = info.listeners.api.port;
+  const review = `--data @${quote(info.admissionReview)}`;
+  const json = `-H 'content-type: application/json'`;
+  const acmeCert = [`--cert ${quote(acme.clientCert)}`, `--key ${quote(acme.clientKey)}`];
+  const globexCluster = globex.clusters[0] ?? '';
+
+  const lines = [
+    'meshgate sandbox is running.',
+    `  files:   ${info.dir}  (sandbox.json describes every endpoint; meshgate.yaml is the config in use)`,
+    `  admin:   ${info.admin}/metrics  /healthz  /readyz`,
+    `  webhook: 127.0.0.1:${webhookPort}    debug (api): 127.0.0.1:${apiPort}    xds: 127.0.0.1:${info.listeners.xds.port}`,
+    '',
+    'Tenants (each has its own stand-in istiod):',
+    ...Object.entries(info.tenants).map(
+      ([id, t]) =>
+        `  ${id.padEnd(7)} ${t.host.padEnd(22)} clusters: ${t.clusters.join(', ').padEnd(22)} webhook callers: ${t.webhookAuthentication.join(' or ')}`,
+    ),
+    '',
+    "1. acme's kube-apiserver asks acme's istiod to inject a sidecar, proving itself with a client certificate:",
+    `  ${curl(info, acme.host, webhookPort, [...acmeCert, json, review, quote(`${acme.webhook.inject}?timeout=10s`)])}`,
+    '',
+    "2. globex's kube-apiserver cannot present a credential (managed Kubernetes), so its webhook URL carries a path key:",
+    `  ${curl(info, globex.host, webhookPort, [json, review, quote(`${globex.webhook.inject}?timeout=10s`)])}`,
+    '',
+    "3. Kiali reads acme's istiod debug endpoints with a service-account token (istiod still applies its own rules):",
+    `  ${curl(info, acme.host, apiPort, [`-H "authorization: Bearer $(cat ${quote(join(info.dir, 'tokens', 'acme-debug.jwt'))})"`, quote(`https://${acme.host}:${apiPort}/debug/syncz`)])}`,
+    '',
+    "4. Isolation. acme's certificate on globex's host is refused (401) and never reaches globex's istiod:",
+    `  ${curl(info, globex.host, webhookPort, [...acmeCert, json, review, quote(`https://${globex.host}:${webhookPort}/inject/cluster/${globexCluster}/net/network1`)])}`,
+    "   …and acme may not inject into a cluster that is not acme's (403):",
+    `  ${curl(info, acme.host, webhookPort, [...acmeCert, json, review, quote(`https://${acme.host}:${webhookPort}/inject/cluster/${globexCluster}/net/network1`)])}`,
+    '',
+    '5. What meshgate counted:',
+    `  curl -sS ${info.admin}/metrics | grep '^meshgate_http_requests_total'`,
+    '',
+    'Requests appear below as meshgate and the stand-in istiods see them. Ctrl-C stops everything.',
+    '',
+  ];
+  return lines.join('\n');
+}

@@ -1,0 +1,90 @@
+/** The sandbox's certificates, written to its folder (keys mode 0600). */
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createCertificateAuthority, issueCertificate, type IssuedCertificate } from '../pki/certificates.js';
+
+export interface PemFiles {
+  readonly cert: string;
+  readonly key: string;
+}
+
+export interface TenantPki {
+  /** meshgate's server certificate for the tenant's host. */
+  readonly server: PemFiles;
+  /** The tenant's client CA, and one client certificate it issued. */
+  readonly clientCa: string;
+  readonly client: PemFiles;
+  /** istiod's own CA and its serving certificate (what the stand-in presents on :15017). */
+  readonly istiodCa: string;
+  readonly istiod: IssuedCertificate;
+}
+
+export interface SandboxPki {
+  /** The CA of meshgate's server certificates: what clients trust. */
+  readonly ca: string;
+  /** The CA of the clusters' OIDC endpoints (the JWKS stand-in's certificate). */
+  readonly clusterCa: string;
+  readonly jwksServer: IssuedCertificate;
+  readonly tenants: ReadonlyMap<string, TenantPki>;
+}
+
+export function writeFile(path: string, content: string, secret = false): string {
+  writeFileSync(path, content, { mode: secret ? 0o600 : 0o644 });
+  if (secret) chmodSync(path, 0o600);
+  return path;
+}
+
+function writePair(dir: string, name: string, pair: IssuedCertificate): PemFiles {
+  return { cert: writeFile(join(dir, `${name}.pem`), pair.cert), key: writeFile(join(dir, `${name}-key.pem`), pair.key, true) };
+}
+
+export async function createSandboxPki(dir: string, tenants: readonly { id: string; host: string }[]): Promise<SandboxPki> {
+  const certs = join(dir, 'certs');
+  mkdirSync(certs, { recursive: true });
+
+  const [serverCa, clusterCa] = await Promise.all([
+    createCertificateAuthority('meshgate sandbox server CA'),
+    createCertificateAuthority('meshgate sandbox cluster CA'),
+  ]);
+  const jwksServer = issueCertificate(clusterCa, { commonName: '127.0.0.1', ipAddresses: ['127.0.0.1'], usage: 'server' });
+
+  const perTenant = await Promise.all(
+    tenants.map(async ({ id, host }): Promise<[string, TenantPki]> => {
+      const [clientCa, istiodCa] = await Promise.all([
+        createCertificateAuthority(`${id} client CA`),
+        createCertificateAuthority(`${id} istiod CA`),
+      ]);
+      const [server, client, istiod] = await Promise.all([
+        issueCertificate(serverCa, { commonName: host, dnsNames: [host], usage: 'server' }),
+        issueCertificate(clientCa, {
+          commonName: `${id}-mesh-client`,
+          organization: id,
+          uris: [`spiffe://${host}/ns/istio-system/sa/meshgate-client`],
+          usage: 'client',
+        }),
+        issueCertificate(istiodCa, {
+          commonName: `istiod.${id}-cp.svc`,
+          dnsNames: [`istiod.${id}-cp.svc`],
+          ipAddresses: ['127.0.0.1'],
+          usage: 'server',
+        }),
+      ]);
+      return [
+        id,
+        {
+          server: writePair(certs, `${id}-server`, server),
+          clientCa: writeFile(join(certs, `${id}-client-ca.pem`), clientCa.cert),
+          client: writePair(certs, `${id}-client`, client),
+          istiodCa: writeFile(join(certs, `${id}-istiod-ca.pem`), istiodCa.cert),
+          istiod,
+        },
+      ];
+    }),
+  );
+  return {
+    ca: writeFile(join(certs, 'ca.pem'), serverCa.cert),
+    clusterCa: writeFile(join(certs, 'cluster-ca.pem'), clusterCa.cert),
+    jwksServer: await jwksServer,
+    tenants: new Map(perTenant),
+  };
+}

@@ -1,0 +1,274 @@
+/**
+ * The embedded default: meshgate in front of two tenants, `acme` and `globex`, each with a
+ * stand-in istiod (webhook and debug) and clusters whose token issuers are stand-ins too. It
+ * generates its PKI, keys and tokens, writes a real meshgate config and loads it through the
+ * real loader, and describes everything in `sandbox.json` (a contract: extended, never renamed).
+ *
+ * All three clusters use the same issuer string, as kind clusters do: only their signing keys
+ * tell them apart, which is exactly what meshgate relies on.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { stringify } from 'yaml';
+import { loadConfig } from '../config/load.js';
+import { buildGateway, type Gateway } from '../gateway/build.js';
+import type { Logger } from '../observability/logger.js';
+import { createIssuer, type Issuer } from './issuer.js';
+import { createSandboxPki, writeFile } from './pki.js';
+import { startIstiodStandIn, type IstiodStandIn, type RecordedRequest } from './standins/istiod.js';
+import { startJwksServer, type JwksServer } from './standins/jwks-server.js';
+
+export const SANDBOX_ISSUER = 'https://kubernetes.default.svc.cluster.local';
+export const SANDBOX_DOMAIN = 'meshgate.test';
+export const WEBHOOK_AUDIENCE = 'meshgate-webhook';
+
+interface TenantPlan {
+  readonly id: string;
+  readonly clusters: readonly { id: string; algorithm: 'RS256' | 'ES256'; jwks: 'url' | 'file' }[];
+  readonly webhookAuth: readonly ('clientCertificate' | 'token' | 'pathKey')[];
+}
+
+const PLAN: readonly TenantPlan[] = [
+  {
+    id: 'acme',
+    clusters: [
+      { id: 'acme-east', algorithm: 'ES256', jwks: 'url' },
+      { id: 'acme-west', algorithm: 'RS256', jwks: 'url' },
+    ],
+    webhookAuth: ['clientCertificate', 'token'],
+  },
+  { id: 'globex', clusters: [{ id: 'globex-main', algorithm: 'RS256', jwks: 'file' }], webhookAuth: ['pathKey'] },
+];
+
+export interface SandboxOptions {
+  readonly dir?: string;
+  /** admin = base, xds = base+1, webhook = base+2, api = base+3; 0 makes every port ephemeral. */
+  readonly portBase?: number;
+  readonly logger?: Logger;
+  readonly onIstiodRequest?: (tenant: string, request: RecordedRequest) => void;
+}
+
+export interface SandboxTenantInfo {
+  readonly host: string;
+  readonly clusters: readonly string[];
+  readonly clientCert: string;
+  readonly clientKey: string;
+  readonly tokens: { readonly xds: string; readonly debug: string; readonly kube: string; readonly webhook: string };
+  readonly webhook: { readonly inject: string; readonly validate: string };
+  readonly webhookAuthentication: readonly string[];
+  readonly istiod: { readonly webhook: string; readonly debug: string };
+}
+
+export interface SandboxInfo {
+  readonly caFile: string;
+  readonly admin: string;
+  readonly listeners: Readonly<Record<'xds' | 'webhook' | 'api', { host: string; port: number }>>;
+  readonly tenants: Readonly<Record<string, SandboxTenantInfo>>;
+  readonly dir: string;
+  readonly config: string;
+  readonly admissionReview: string;
+  readonly issuer: string;
+}
+
+export interface Sandbox {
+  readonly info: SandboxInfo;
+  readonly gateway: Gateway;
+  readonly istiods: ReadonlyMap<string, IstiodStandIn>;
+  readonly issuers: ReadonlyMap<string, Issuer>;
+  readonly jwksServer: JwksServer;
+  close(): Promise<void>;
+}
+
+export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbox> {
+  const dir = resolve(options.dir ?? '.meshgate-sandbox');
+  for (const sub of ['certs', 'tokens', 'keys']) mkdirSync(join(dir, sub), { recursive: true });
+  const hostOf = (tenant: string): string => `${tenant}.${SANDBOX_DOMAIN}`;
+  const pki = await createSandboxPki(dir, PLAN.map((t) => ({ id: t.id, host: hostOf(t.id) })));
+
+  const issuers = new Map<string, Issuer>();
+  for (const tenant of PLAN) {
+    for (const cluster of tenant.clusters) issuers.set(cluster.id, await createIssuer(cluster.id, SANDBOX_ISSUER, cluster.algorithm));
+  }
+  const jwksServer = await startJwksServer([...issuers.values()], pki.jwksServer);
+  const istiods = new Map<string, IstiodStandIn>();
+  for (const tenant of PLAN) {
+    const tls = pki.tenants.get(tenant.id)?.istiod;
+    if (!tls) throw new Error(`no istiod certificate for ${tenant.id}`);
+    istiods.set(
+      tenant.id,
+      await startIstiodStandIn({
+        tenant: tenant.id,
+        clusters: tenant.clusters.map((c) => c.id),
+        tls,
+        onRequest: (request) => options.onIstiodRequest?.(tenant.id, request),
+      }),
+    );
+  }
+
+  const portBase = options.portBase ?? 18000;
+  const port = (offset: number): number => (portBase === 0 ? 0 : portBase + offset);
+  const tokens = new Map<string, SandboxTenantInfo['tokens']>();
+  const pathKeys = new Map<string, string>();
+  const tenantConfigs = [];
+  for (const tenant of PLAN) {
+    const tls = pki.tenants.get(tenant.id);
+    const istiod = istiods.get(tenant.id);
+    if (!tls || !istiod) throw new Error(`incomplete sandbox tenant ${tenant.id}`);
+    const [first] = tenant.clusters;
+    const signer = issuers.get(first?.id ?? '');
+    if (!first || !signer) throw new Error(`no cluster for ${tenant.id}`);
+
+    const minted = {
+      xds: await signer.mint({ namespace: 'bookinfo', serviceAccount: 'productpage', audience: 'istio-ca' }),
+      debug: await signer.mint({ namespace: 'istio-system', serviceAccount: 'kiali', audience: 'istio-ca' }),
+      kube: await signer.mint({ namespace: 'istio-system', serviceAccount: 'istiod', audience: SANDBOX_ISSUER }),
+      webhook: await signer.mint({ namespace: 'kube-system', serviceAccount: 'kube-apiserver', audience: WEBHOOK_AUDIENCE }),
+    };
+    tokens.set(tenant.id, minted);
+    for (const [plane, token] of Object.entries(minted)) writeFile(join(dir, 'tokens', `${tenant.id}-${plane}.jwt`), `${token}\n`, true);
+    const ownDebugToken = writeFile(
+      join(dir, 'tokens', `${tenant.id}-meshgate-istiod.jwt`),
+      `${await signer.mint({ namespace: 'istio-system', serviceAccount: 'meshgate', audience: 'istio-ca' })}\n`,
+      true,
+    );
+
+    let pathKeyFile: string | undefined;
+    if (tenant.webhookAuth.includes('pathKey')) {
+      const key = randomBytes(24).toString('base64url');
+      pathKeys.set(tenant.id, key);
+      pathKeyFile = writeFile(join(dir, 'keys', `${tenant.id}-webhook-path-key`), `${key}\n`, true);
+    }
+
+    tenantConfigs.push({
+      id: tenant.id,
+      hosts: [hostOf(tenant.id)],
+      tls: { cert: tls.server.cert, key: tls.server.key, clientCA: tls.clientCa },
+      istiod: {
+        webhook: { url: istiod.webhookUrl, ca: tls.istiodCa, serverName: `istiod.${tenant.id}-cp.svc` },
+        debug: { url: istiod.debugUrl, token: { file: ownDebugToken, cluster: first.id } },
+      },
+      clusters: tenant.clusters.map((c) => ({
+        id: c.id,
+        issuer: SANDBOX_ISSUER,
+        network: 'network1',
+        jwks:
+          c.jwks === 'url'
+            ? { url: jwksServer.jwksUrl(c.id), ca: pki.clusterCa }
+            : {
+                file: writeFile(join(dir, 'keys', `${c.id}-jwks.json`), JSON.stringify(issuers.get(c.id)?.jwks(), null, 2)),
+              },
+      })),
+      webhook: {
+        authentication: tenant.webhookAuth,
+        audiences: [WEBHOOK_AUDIENCE],
+        ...(pathKeyFile === undefined ? {} : { pathKeyFile }),
+      },
+      debug: { authentication: ['token', 'clientCertificate'] },
+    });
+  }
+
+  const configFile = writeFile(
+    join(dir, 'meshgate.yaml'),
+    `# Written by \`meshgate sandbox\`: a complete, working meshgate config.\n` +
+      `# The stand-in istiods listen on loopback, which only a sandbox may allow.\n` +
+      stringify({
+        admin: { host: '127.0.0.1', port: port(0) },
+        logging: { level: 'info' },
+        security: { allowLoopbackUpstreams: true },
+        listeners: {
+          xds: { host: '127.0.0.1', port: port(1), planes: [] },
+          webhook: { host: '127.0.0.1', port: port(2), planes: ['webhook'] },
+          api: { host: '127.0.0.1', port: port(3), planes: ['debug'] },
+        },
+        tenants: tenantConfigs,
+      }),
+  );
+
+  const gateway = buildGateway(loadConfig(configFile), options.logger ? { logger: options.logger } : {});
+  let addresses;
+  try {
+    addresses = await gateway.listen();
+  } catch (err) {
+    await gateway.close(0);
+    await Promise.all([...istiods.values()].map((i) => i.close()));
+    await jwksServer.close();
+    throw err;
+  }
+  const endpoint = (name: 'xds' | 'webhook' | 'api'): { host: string; port: number } => {
+    const address = addresses.listeners[name];
+    if (!address) throw new Error(`listener ${name} did not start`);
+    return { host: address.address, port: address.port };
+  };
+  const listeners = { xds: endpoint('xds'), webhook: endpoint('webhook'), api: endpoint('api') };
+
+  const tenantsInfo: Record<string, SandboxTenantInfo> = {};
+  for (const tenant of PLAN) {
+    const tls = pki.tenants.get(tenant.id);
+    const minted = tokens.get(tenant.id);
+    const istiod = istiods.get(tenant.id);
+    if (!tls || !minted || !istiod) throw new Error(`incomplete sandbox tenant ${tenant.id}`);
+    const base = `https://${hostOf(tenant.id)}:${listeners.webhook.port}`;
+    const key = pathKeys.get(tenant.id);
+    const prefix = key === undefined ? '' : `/k/${key}`;
+    const cluster = tenant.clusters[0]?.id ?? '';
+    tenantsInfo[tenant.id] = {
+      host: hostOf(tenant.id),
+      clusters: tenant.clusters.map((c) => c.id),
+      clientCert: tls.client.cert,
+      clientKey: tls.client.key,
+      tokens: minted,
+      webhook: { inject: `${base}${prefix}/inject/cluster/${cluster}/net/network1`, validate: `${base}${prefix}/validate` },
+      webhookAuthentication: tenant.webhookAuth,
+      istiod: { webhook: istiod.webhookUrl, debug: istiod.debugUrl },
+    };
+  }
+
+  const info: SandboxInfo = {
+    caFile: pki.ca,
+    admin: `http://${addresses.admin.address}:${addresses.admin.port}`,
+    listeners,
+    tenants: tenantsInfo,
+    dir,
+    config: configFile,
+    admissionReview: writeFile(join(dir, 'admission-review.json'), `${JSON.stringify(sampleAdmissionReview(), null, 2)}\n`),
+    issuer: SANDBOX_ISSUER,
+  };
+  writeFile(join(dir, 'sandbox.json'), `${JSON.stringify(info, null, 2)}\n`);
+
+  return {
+    info,
+    gateway,
+    istiods,
+    issuers,
+    jwksServer,
+    async close() {
+      await gateway.close(1_000);
+      await Promise.all([...istiods.values()].map((i) => i.close()));
+      await jwksServer.close();
+    },
+  };
+}
+
+/** What a kube-apiserver sends for a pod creation, trimmed. */
+export function sampleAdmissionReview(uid = '7d1a6c3e-5b5e-4f0a-9a51-3c2f0e6b9a10'): object {
+  return {
+    apiVersion: 'admission.k8s.io/v1',
+    kind: 'AdmissionReview',
+    request: {
+      uid,
+      kind: { group: '', version: 'v1', kind: 'Pod' },
+      resource: { group: '', version: 'v1', resource: 'pods' },
+      namespace: 'bookinfo',
+      operation: 'CREATE',
+      userInfo: { username: 'system:serviceaccount:kube-system:replicaset-controller' },
+      object: {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { generateName: 'productpage-v1-', namespace: 'bookinfo', labels: { app: 'productpage' } },
+        spec: { containers: [{ name: 'productpage', image: 'docker.io/istio/examples-bookinfo-productpage-v1:1.20.2' }] },
+      },
+      dryRun: false,
+    },
+  };
+}

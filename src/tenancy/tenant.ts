@@ -1,0 +1,96 @@
+/**
+ * A tenant as a snapshot holds it: its TLS context (server certificate for its hosts, and its own
+ * client-CA bundle), its clusters, and the verifier for its clusters' tokens. Everything a request
+ * needs is built here, once per snapshot.
+ */
+import { constants as cryptoConstants, X509Certificate } from 'node:crypto';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import type { ClientCertificateTrust } from '../auth/client-cert.js';
+import type { Identity } from '../auth/identity.js';
+import { createJwksSource, loadJwksFile, loadJwksUrl, type JwksSource } from '../auth/jwks.js';
+import { createTokenVerifier, type TokenVerifier } from '../auth/jwt.js';
+import type { TokenCache } from '../auth/token-cache.js';
+import type { ConfigFiles } from '../config/files.js';
+import type { ClusterConfig, Config, TenantConfig } from '../config/schema.js';
+
+/**
+ * TLS session resumption is off everywhere. Node/OpenSSL resume a session made under one SNI on a
+ * connection with another SNI, without verifying the client certificate against the second
+ * tenant's CA (test/tls-isolation.test.ts shows it). Istio's agents do not resume sessions anyway.
+ */
+export const TLS_SERVER_OPTIONS = {
+  minVersion: 'TLSv1.2',
+  secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
+} as const;
+
+export interface TenantCore {
+  readonly id: string;
+  readonly config: TenantConfig;
+  readonly files: ConfigFiles;
+  readonly secureContext: SecureContext;
+  readonly certificates: ClientCertificateTrust;
+  readonly clusters: ReadonlyMap<string, ClusterConfig>;
+  readonly tokens: TokenVerifier;
+  readonly jwks: ReadonlyMap<string, JwksSource>;
+  /** Only the sandbox lets meshgate reach upstreams over loopback. */
+  readonly allowLoopbackUpstreams: boolean;
+}
+
+export interface TenantEnvironment {
+  readonly files: ConfigFiles;
+  readonly config: Config;
+  readonly tokenCache: TokenCache<Identity>;
+  readonly onJwksLoad?: (tenant: string, cluster: string, result: 'success' | 'failure', error?: unknown) => void;
+}
+
+export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): TenantCore {
+  const { files } = env;
+  const anchors: X509Certificate[] = config.tls.clientCA === undefined ? [] : files.certificates(config.tls.clientCA);
+  const secureContext = createSecureContext({
+    ...TLS_SERVER_OPTIONS,
+    cert: files.text(config.tls.cert),
+    key: files.text(config.tls.key),
+    // An explicit list, even when empty: without `ca`, Node would trust its public roots.
+    ca: anchors.map((cert) => cert.toString()),
+  });
+
+  const { jwks: jwksSettings } = env.config.auth;
+  const jwks = new Map<string, JwksSource>();
+  for (const cluster of config.clusters) {
+    const source = cluster.jwks;
+    jwks.set(
+      cluster.id,
+      createJwksSource({
+        load:
+          source.file !== undefined
+            ? loadJwksFile(source.file)
+            : loadJwksUrl({
+                url: source.url ?? '',
+                ca: source.ca === undefined ? undefined : files.text(source.ca),
+                token: source.tokenFile === undefined ? undefined : files.text(source.tokenFile).trim(),
+                timeoutMs: jwksSettings.timeout,
+              }),
+        cooldownMs: jwksSettings.cooldown,
+        maxAgeMs: jwksSettings.maxAge,
+        onLoad: (result, error) => env.onJwksLoad?.(config.id, cluster.id, result, error),
+      }),
+    );
+  }
+
+  return {
+    id: config.id,
+    config,
+    files,
+    secureContext,
+    certificates: { tenant: config.id, anchors },
+    clusters: new Map(config.clusters.map((c) => [c.id, c])),
+    tokens: createTokenVerifier({
+      tenant: config.id,
+      issuers: config.clusters.map((c) => ({ cluster: c.id, issuer: c.issuer, keys: jwks.get(c.id) as JwksSource })),
+      clockToleranceMs: env.config.auth.clockTolerance,
+      cache: env.tokenCache,
+    }),
+    jwks,
+    allowLoopbackUpstreams: env.config.security.allowLoopbackUpstreams,
+  };
+}
