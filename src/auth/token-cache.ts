@@ -56,5 +56,6 @@ export function createTokenCache<T>(options: TokenCacheOptions): TokenCache<T> {
 
 /** The cache key: a digest, so the cache never holds a usable token. */
 export function tokenCacheKey(tenant: string, scope: string, token: string): string {
-  return createHash('sha256').update(tenant).update('\0').update(scope).update('\0').update(token).digest('base64url');
+  // JSON keeps the fields apart whatever they contain; the token comes last, whole.
+  return createHash('sha256').update(JSON.stringify([tenant, scope])).update(token).digest('base64url');
 }

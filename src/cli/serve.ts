@@ -23,7 +23,7 @@ export async function runServe(args: readonly string[]): Promise<number> {
 
   process.on('SIGHUP', () => {
     try {
-      gateway.reload(loadConfig(path));
+      gateway.reload(() => loadConfig(path));
     } catch (err) {
       logger.error({ err: err instanceof ConfigError ? err.message : err }, 'config reload failed; keeping the config in use');
     }

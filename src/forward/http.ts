@@ -44,6 +44,21 @@ const proxy = createProxyServer({ xfwd: false, changeOrigin: true, secure: true,
 /** Outbound requests by inbound request, so that a deadline can cancel the outbound one. */
 const outbound = new WeakMap<object, (proxyReq: ClientRequest) => void>();
 proxy.on('proxyReq', (proxyReq, req) => outbound.get(req)?.(proxyReq));
+// The upstream's hop-by-hop headers stay on its hop. And the client's own choice decides whether
+// the connection stays open: without a `connection` here, http-proxy would copy the request's
+// (already removed) one and fall back to an explicit keep-alive that overrides `Connection: close`.
+proxy.on('proxyRes', (proxyRes, _req, res) => {
+  for (const name of Object.keys(proxyRes.headers)) {
+    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete -- removing by computed name is the point
+    if (isHopByHopResponseHeader(name)) delete proxyRes.headers[name];
+  }
+  proxyRes.headers.connection = res.shouldKeepAlive ? 'keep-alive' : 'close';
+  // http-proxy pipes the response, and a pipe does not pass on errors: an upstream that dies
+  // mid-body would leave the client waiting forever for the rest. Cut the client off instead.
+  proxyRes.once('close', () => {
+    if (!proxyRes.complete) res.destroy();
+  });
+});
 // Errors reach each request's callback; this listener only keeps a stray one from crashing the process.
 proxy.on('error', () => undefined);
 

@@ -48,7 +48,7 @@ export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, o
 type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
 
 /** A dns.lookup that fails when any resolved address is loopback. */
-function refuseLoopback(hostname: string, options: LookupOptions, callback: LookupCallback): void {
+export function refuseLoopback(hostname: string, options: LookupOptions, callback: LookupCallback): void {
   dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
     if (err) {
       callback(err, []);

@@ -32,8 +32,12 @@ export interface Gateway {
   readonly logger: Logger;
   current(): Snapshot;
   listen(): Promise<GatewayAddresses>;
-  /** Swaps in a new snapshot; on failure keeps the current one and throws. Listeners are not changed. */
-  reload(loaded: LoadedConfig): void;
+  /**
+   * Loads a config and swaps in a snapshot built from it. On any failure (the file, the schema,
+   * the files it names, the build) the current snapshot stays, the failure is counted, and the
+   * error is thrown. Listener and admin settings are not changed by a reload.
+   */
+  reload(load: () => LoadedConfig): void;
   close(graceMs?: number): Promise<void>;
 }
 
@@ -103,10 +107,10 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       logger.info({ admin: adminAddress, listeners: addresses, tenants: snapshot.tenants.map((t) => t.id) }, 'meshgate is serving');
       return { admin: adminAddress, listeners: addresses };
     },
-    reload(next) {
+    reload(load) {
       let fresh: Snapshot;
       try {
-        fresh = build(next);
+        fresh = build(load());
       } catch (err) {
         metrics.configReloads.inc({ result: 'failure' });
         throw err;

@@ -35,12 +35,19 @@ export function createRequestHandler(deps: RequestHandlerDeps, planeNames: reado
     // One snapshot for the whole request, even if a reload swaps it meanwhile.
     const snapshot = deps.current();
     const context: RequestContext = { exchange };
-    exchange.onClose(() => observeRequest(context, deps.metrics, deps.logger));
-    handle(context, snapshot, planes).catch((err: unknown) => {
-      const error = toMeshgateError(err);
-      context.error = error;
-      renderHttpError(exchange, error);
-    });
+    // Observe once the exchange is over *and* every stage has recorded its part.
+    let pending = 2;
+    const done = (): void => {
+      if (--pending === 0) observeRequest(context, deps.metrics, deps.logger);
+    };
+    exchange.onClose(done);
+    handle(context, snapshot, planes)
+      .catch((err: unknown) => {
+        const error = toMeshgateError(err);
+        context.error = error;
+        renderHttpError(exchange, error);
+      })
+      .finally(done);
   };
 }
 

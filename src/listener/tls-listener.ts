@@ -48,6 +48,9 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
     headersTimeout: config.headersTimeout,
     requestTimeout: config.requestTimeout,
     keepAliveTimeout: config.keepAliveTimeout,
+    // Node enforces the two timeouts above only when it checks, every 30 s by default: check
+    // often enough that a configured headersTimeout means what it says.
+    connectionsCheckingInterval: Math.max(100, Math.min(5_000, Math.floor(Math.min(config.headersTimeout, config.requestTimeout) / 2))),
     // Host is checked by the route stage, with a reason the client can read.
     requireHostHeader: false,
   });

@@ -14,6 +14,8 @@ export interface TokenClaims {
   readonly audience: string | readonly string[];
   /** Lifetime in seconds; negative makes an already-expired token. */
   readonly lifetimeSeconds?: number;
+  /** Seconds from now before which the token is not valid (nbf); default: valid now. */
+  readonly notBeforeSeconds?: number;
   readonly issuer?: string;
 }
 
@@ -50,7 +52,7 @@ export async function createIssuer(cluster: string, issuer: string, algorithm: S
         .setSubject(`system:serviceaccount:${claims.namespace}:${claims.serviceAccount}`)
         .setAudience([...(typeof claims.audience === 'string' ? [claims.audience] : claims.audience)])
         .setIssuedAt(Math.min(now, now + lifetime))
-        .setNotBefore(Math.min(now, now + lifetime) - 1)
+        .setNotBefore(claims.notBeforeSeconds === undefined ? Math.min(now, now + lifetime) - 1 : now + claims.notBeforeSeconds)
         .setExpirationTime(now + lifetime)
         .setJti(randomUUID())
         .sign(key.privateKey);

@@ -11,8 +11,9 @@ export interface PemFiles {
 export interface TenantPki {
   /** meshgate's server certificate for the tenant's host. */
   readonly server: PemFiles;
-  /** The tenant's client CA, and one client certificate it issued. */
+  /** The tenant's client CA (its key too, to issue more with `meshgate certs client`), and one client certificate it issued. */
   readonly clientCa: string;
+  readonly clientCaKey: string;
   readonly client: PemFiles;
   /** istiod's own CA and its serving certificate (what the stand-in presents on :15017). */
   readonly istiodCa: string;
@@ -74,6 +75,7 @@ export async function createSandboxPki(dir: string, tenants: readonly { id: stri
         {
           server: writePair(certs, `${id}-server`, server),
           clientCa: writeFile(join(certs, `${id}-client-ca.pem`), clientCa.cert),
+          clientCaKey: writeFile(join(certs, `${id}-client-ca-key.pem`), clientCa.key, true),
           client: writePair(certs, `${id}-client`, client),
           istiodCa: writeFile(join(certs, `${id}-istiod-ca.pem`), istiodCa.cert),
           istiod,

@@ -54,6 +54,9 @@ export interface SandboxTenantInfo {
   readonly clusters: readonly string[];
   readonly clientCert: string;
   readonly clientKey: string;
+  /** The tenant's client CA and its key: `meshgate certs client --ca-cert … --ca-key …` issues more. */
+  readonly clientCa: string;
+  readonly clientCaKey: string;
   readonly tokens: { readonly xds: string; readonly debug: string; readonly kube: string; readonly webhook: string };
   readonly webhook: { readonly inject: string; readonly validate: string };
   readonly webhookAuthentication: readonly string[];
@@ -217,6 +220,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       clusters: tenant.clusters.map((c) => c.id),
       clientCert: tls.client.cert,
       clientKey: tls.client.key,
+      clientCa: tls.clientCa,
+      clientCaKey: tls.clientCaKey,
       tokens: minted,
       webhook: { inject: `${base}${prefix}/inject/cluster/${cluster}/net/network1`, validate: `${base}${prefix}/validate` },
       webhookAuthentication: tenant.webhookAuth,

@@ -1,0 +1,160 @@
+import { describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { ConfigError, formatIssues } from './issues.js';
+import { parseConfig } from './load.js';
+import { isLoopbackHost } from './schema.js';
+
+const tenant = (id: string, overrides: Record<string, unknown> = {}) => ({
+  id,
+  hosts: [`${id}.mesh.example.com`],
+  tls: { cert: `${id}.pem`, key: `${id}-key.pem`, clientCA: `${id}-clients.pem` },
+  istiod: {
+    webhook: { url: `https://istiod.${id}-cp.svc:15017`, ca: `${id}-istiod-ca.pem` },
+    debug: { url: `http://istiod.${id}-cp.svc:15014` },
+  },
+  clusters: [{ id: `${id}-east`, issuer: 'https://kubernetes.default.svc.cluster.local', jwks: { file: `${id}-east-jwks.json` } }],
+  webhook: { authentication: ['clientCertificate'] },
+  ...overrides,
+});
+
+const base = (overrides: Record<string, unknown> = {}) => ({
+  listeners: { webhook: { port: 15017, planes: ['webhook'] }, api: { port: 8443, planes: ['debug'] } },
+  tenants: [tenant('acme'), tenant('globex')],
+  ...overrides,
+});
+
+function problems(doc: unknown): string[] {
+  try {
+    parseConfig(stringify(doc));
+  } catch (err) {
+    if (err instanceof ConfigError) return formatIssues(err.issues).split('\n');
+    throw err;
+  }
+  return [];
+}
+
+describe('parseConfig', () => {
+  it('accepts a valid config and fills in defaults', () => {
+    const config = parseConfig(stringify(base()));
+    expect(config.admin).toEqual({ host: '127.0.0.1', port: 9901 });
+    expect(config.auth.jwks).toEqual({ cooldown: 30_000, maxAge: 600_000, timeout: 5_000 });
+    expect(config.tenants[0]?.webhook?.maxBodySize).toBe(6 * 1024 * 1024);
+    expect(config.tenants[0]?.webhook?.audiences).toEqual(['meshgate-webhook']);
+    expect(config.tenants[0]?.debug.audiences).toEqual(['istio-ca']);
+    expect(config.listeners.webhook?.handshakeTimeout).toBe(10_000);
+  });
+
+  it('reports every problem at once, each with its path, unknown keys included', () => {
+    const doc = base({ surprise: true });
+    const [acme] = doc.tenants;
+    Object.assign(acme ?? {}, { hots: ['x'] });
+    Object.assign(doc.listeners.webhook, { port: 'fifteen' });
+    expect(problems(doc)).toEqual([
+      'listeners.webhook.port: Invalid input: expected number, received string',
+      'tenants[0]: Unrecognized key: "hots"',
+      '(root): Unrecognized key: "surprise"',
+    ]);
+  });
+
+  it('explains mutually exclusive JWKS sources', () => {
+    const both = tenant('acme', { clusters: [{ id: 'c', issuer: 'i', jwks: { file: 'f', url: 'https://x/jwks' } }] });
+    const neither = tenant('globex', { clusters: [{ id: 'c', issuer: 'i', jwks: {} }] });
+    expect(problems(base({ tenants: [both, neither] }))).toEqual([
+      'tenants[0].clusters[0].jwks: set either "url" or "file"',
+      'tenants[1].clusters[0].jwks: set either "url" or "file"',
+    ]);
+  });
+
+  it('requires at least one webhook authentication method', () => {
+    expect(problems(base({ tenants: [tenant('acme', { webhook: { authentication: [] } })] }))).toEqual([
+      'tenants[0].webhook.authentication: at least one authentication method is required',
+    ]);
+  });
+
+  it('ties a path key file to the pathKey method, and client certificates to a client CA', () => {
+    const noKeyFile = tenant('acme', { webhook: { authentication: ['pathKey'] } });
+    const noCa = tenant('globex', { tls: { cert: 'c', key: 'k' } });
+    expect(problems(base({ tenants: [noKeyFile, noCa] }))).toEqual([
+      'tenants[0].webhook.pathKeyFile: set "pathKeyFile" exactly when authentication includes "pathKey"',
+      'tenants[1].tls.clientCA: webhook authentication includes "clientCertificate", so a client CA is required',
+    ]);
+  });
+
+  it('refuses duplicate tenants, hosts, clusters and ports', () => {
+    const dup = tenant('acme', {
+      clusters: [
+        { id: 'c', issuer: 'i', jwks: { file: 'f' } },
+        { id: 'c', issuer: 'i', jwks: { file: 'f' } },
+      ],
+    });
+    expect(
+      problems(base({ tenants: [dup, tenant('acme')], listeners: { a: { port: 9901, planes: [] }, b: { port: 443, planes: ['webhook', 'webhook'] } } })),
+    ).toEqual([
+      'listeners.a.port: port 9901 is already used by admin',
+      'listeners.b.planes: a plane is listed twice',
+      'tenants[0].clusters[1].id: cluster id "c" is used twice in this tenant',
+      'tenants[1].id: tenant id "acme" is used twice',
+      'tenants[1].hosts[0]: host "acme.mesh.example.com" already belongs to tenant "acme"',
+    ]);
+  });
+
+  it("refuses a wildcard that covers another tenant's host", () => {
+    expect(
+      problems(base({ tenants: [tenant('acme', { hosts: ['*.mesh.example.com'] }), tenant('globex', { hosts: ['globex.mesh.example.com'] })] })),
+    ).toEqual(['tenants[1].hosts: host "globex.mesh.example.com" is also covered by tenant "acme"\'s "*.mesh.example.com"']);
+  });
+
+  it('refuses loopback istiod upstreams: istiod trusts loopback callers fully', () => {
+    const loopback = tenant('acme', { istiod: { webhook: { url: 'https://127.0.0.1:15017' }, debug: { url: 'http://localhost:15014' } } });
+    expect(problems(base({ tenants: [loopback] }))).toHaveLength(2);
+    expect(problems(base({ tenants: [loopback], security: { allowLoopbackUpstreams: true } }))).toEqual([]);
+  });
+
+  it('never lets a tenant allow state-changing debug endpoints', () => {
+    expect(problems(base({ tenants: [tenant('acme', { debug: { endpoints: ['syncz', 'force_disconnect', 'pprof/heap'] } })] }))).toEqual([
+      'tenants[0].debug.endpoints[1]: "force_disconnect" changes istiod\'s state or costs it heavily; meshgate never forwards it',
+      'tenants[0].debug.endpoints[2]: "pprof/heap" changes istiod\'s state or costs it heavily; meshgate never forwards it',
+    ]);
+  });
+
+  it('requires istiod.debug.token when certificate callers may use the debug plane', () => {
+    expect(problems(base({ tenants: [tenant('acme', { debug: { authentication: ['token', 'clientCertificate'] } })] }))).toEqual([
+      'tenants[0].istiod.debug.token: debug authentication includes "clientCertificate": istiod needs a token for such callers, so set istiod.debug.token',
+    ]);
+  });
+
+  it('parses durations and sizes, and says what it expected', () => {
+    expect(problems(base({ auth: { clockTolerance: 'soon' } }))).toEqual([
+      'auth.clockTolerance: "soon" is not a duration: use e.g. "500ms", "10s", "5m"',
+    ]);
+    const sized = tenant('acme', { webhook: { authentication: ['clientCertificate'], maxBodySize: '1MiB', timeout: '2s' } });
+    const config = parseConfig(stringify(base({ tenants: [sized] })));
+    expect(config.tenants[0]?.webhook).toMatchObject({ maxBodySize: 1024 * 1024, timeout: 2000 });
+  });
+
+  it('reports YAML syntax errors and duplicate keys', () => {
+    expect(() => parseConfig('tenants: [\n')).toThrow(ConfigError);
+    expect(() => parseConfig('listeners: {}\nlisteners: {}\n')).toThrow(/Map keys must be unique/);
+  });
+
+  it('freezes nothing it parses in place (the loader freezes the result)', () => {
+    expect(Object.isFrozen(parseConfig(stringify(base())))).toBe(false);
+  });
+});
+
+describe('isLoopbackHost', () => {
+  it.each([
+    ['127.0.0.1', true],
+    ['127.1.2.3', true],
+    ['::1', true],
+    ['[::1]', true],
+    ['::ffff:127.0.0.1', true],
+    ['localhost', true],
+    ['istiod.localhost', true],
+    ['10.0.0.1', false],
+    ['istiod.acme-cp.svc', false],
+    ['::ffff:10.0.0.1', false],
+  ])('%s → %s', (host, loopback) => {
+    expect(isLoopbackHost(host)).toBe(loopback);
+  });
+});

@@ -1,0 +1,147 @@
+/** `meshgate check`, `meshgate certs` and `meshgate serve`, run as the built binary. */
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import type { Sandbox } from '../src/sandbox/sandbox.js';
+import { call } from './helpers/client.js';
+import { run, start } from './helpers/cli.js';
+import { startTestSandbox } from './helpers/sandbox.js';
+
+const temp = (): string => mkdtempSync(join(tmpdir(), 'meshgate-cli-'));
+
+let sandbox: Sandbox;
+beforeAll(async () => {
+  sandbox = await startTestSandbox();
+});
+afterAll(() => sandbox.close());
+
+describe('meshgate check', () => {
+  it('accepts a valid config and says what it holds', async () => {
+    const { code, stdout } = await run(['check', '--config', sandbox.info.config]);
+    expect(code).toBe(0);
+    expect(stdout).toContain(': ok');
+    expect(stdout).toContain('tenants:   acme, globex');
+  });
+
+  it('prints every problem with its path and exits 1', async () => {
+    const config = parse(readFileSync(sandbox.info.config, 'utf8')) as Record<string, any>;
+    config.tenants[0].webhook.authentication = [];
+    config.tenants[1].clusters[0].jwks = {};
+    config.tenants[1].colour = 'blue';
+    const file = join(temp(), 'bad.yaml');
+    writeFileSync(file, stringify(config));
+    const { code, stderr } = await run(['check', '--config', file]);
+    expect(code).toBe(1);
+    expect(stderr).toContain('3 problems');
+    expect(stderr).toContain('tenants[0].webhook.authentication: at least one authentication method is required');
+    expect(stderr).toContain('tenants[1].clusters[0].jwks: set either "url" or "file"');
+    expect(stderr).toContain('tenants[1]: Unrecognized key: "colour"');
+  });
+
+  it('reports missing and unreadable files with their paths', async () => {
+    const config = parse(readFileSync(sandbox.info.config, 'utf8')) as Record<string, any>;
+    config.tenants[0].tls.cert = 'missing.pem';
+    config.tenants[1].tls.key = config.tenants[1].tls.cert;
+    const dir = temp();
+    writeFileSync(join(dir, 'bad.yaml'), stringify(config));
+    const { code, stderr } = await run(['check', '--config', join(dir, 'bad.yaml')]);
+    expect(code).toBe(1);
+    expect(stderr).toContain(`tenants[0].tls.cert: cannot read ${join(dir, 'missing.pem')}: ENOENT`);
+    expect(stderr).toMatch(/tenants\[1\]\.tls\.key: .* holds no PEM private key/);
+  });
+
+  it('explains usage errors with exit code 2', async () => {
+    const { code, stderr } = await run(['check']);
+    expect(code).toBe(2);
+    expect(stderr).toContain('--config is required');
+    expect((await run(['frobnicate'])).code).toBe(2);
+  });
+});
+
+describe('meshgate certs', () => {
+  it('issues a CA, a server certificate and a SPIFFE client certificate, keys mode 0600', async () => {
+    const dir = temp();
+    expect((await run(['certs', 'ca', '--name', 'tenant-ca', '--out-dir', dir])).code).toBe(0);
+    const caArgs = ['--ca-cert', join(dir, 'tenant-ca.pem'), '--ca-key', join(dir, 'tenant-ca-key.pem'), '--out-dir', dir];
+    expect((await run(['certs', 'server', ...caArgs, '--host', 'acme.mesh.example.com', '--host', '10.0.0.7'])).code).toBe(0);
+    const client = await run(['certs', 'client', ...caArgs, '--tenant', 'acme', '--uri', 'spiffe://acme.example/ns/istio-system/sa/istiod']);
+    expect(client.code).toBe(0);
+
+    const ca = new X509Certificate(readFileSync(join(dir, 'tenant-ca.pem')));
+    const server = new X509Certificate(readFileSync(join(dir, 'acme.mesh.example.com.pem')));
+    const leaf = new X509Certificate(readFileSync(join(dir, 'acme-client.pem')));
+    expect(ca.ca).toBe(true);
+    for (const cert of [server, leaf]) {
+      expect(cert.checkIssued(ca)).toBe(true);
+      expect(cert.verify(ca.publicKey)).toBe(true);
+      expect(cert.ca).toBe(false);
+    }
+    expect(server.checkHost('acme.mesh.example.com')).toBe('acme.mesh.example.com');
+    expect(server.checkIP('10.0.0.7')).toBe('10.0.0.7');
+    expect(leaf.subjectAltName).toBe('URI:spiffe://acme.example/ns/istio-system/sa/istiod');
+    expect(leaf.subject).toBe('O=acme\nCN=acme-client');
+    expect(leaf.keyUsage).toEqual(['1.3.6.1.5.5.7.3.2']);
+    for (const key of ['tenant-ca-key.pem', 'acme.mesh.example.com-key.pem', 'acme-client-key.pem']) {
+      expect(statSync(join(dir, key)).mode & 0o777).toBe(0o600);
+    }
+  });
+
+  it('refuses to overwrite, and refuses a URI that is not SPIFFE', async () => {
+    const dir = temp();
+    await run(['certs', 'ca', '--name', 'x', '--out-dir', dir]);
+    const again = await run(['certs', 'ca', '--name', 'x', '--out-dir', dir]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain('pass --force to replace it');
+    const caArgs = ['--ca-cert', join(dir, 'x.pem'), '--ca-key', join(dir, 'x-key.pem'), '--out-dir', dir];
+    const bad = await run(['certs', 'client', ...caArgs, '--tenant', 'acme', '--uri', 'https://acme.example/']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('is not a spiffe:// URI');
+  });
+});
+
+describe('meshgate serve', () => {
+  it('serves a config, reloads it on SIGHUP (keeping the last good one), and drains on SIGTERM', async () => {
+    const dir = temp();
+    const configFile = join(dir, 'meshgate.yaml');
+    const original = readFileSync(sandbox.info.config, 'utf8');
+    writeFileSync(configFile, original);
+    const server = start(['serve', '--config', configFile, '--drain-seconds', '1']);
+    try {
+      const [line] = await server.waitFor(/\{[^\n]*"msg":"meshgate is serving"[^\n]*\}/);
+      const serving = JSON.parse(line) as { listeners: Record<string, { port: number }> };
+      const port = serving.listeners.api?.port ?? 0;
+      const acme = sandbox.info.tenants.acme;
+      if (!acme) throw new Error('no acme');
+      const syncz = () =>
+        call({ port, servername: acme.host, path: '/debug/syncz', headers: { authorization: `Bearer ${acme.tokens.debug}` }, ca: sandbox.info.caFile });
+      expect((await syncz()).status).toBe(200);
+
+      const narrowed = parse(original) as Record<string, any>;
+      narrowed.tenants[0].access = { debug: [] };
+      writeFileSync(configFile, stringify(narrowed));
+      server.child.kill('SIGHUP');
+      await server.waitFor(/"msg":"config reloaded"/);
+      expect((await syncz()).json().code).toBe('MG_ERR_AUTHZ_DENIED');
+
+      writeFileSync(configFile, 'tenants: [');
+      server.child.kill('SIGHUP');
+      await server.waitFor(/"msg":"config reload failed; keeping the config in use"/);
+      expect((await syncz()).json().code).toBe('MG_ERR_AUTHZ_DENIED');
+    } finally {
+      expect(await server.stop('SIGTERM')).toBe(0);
+    }
+    expect(server.stdout()).toMatch(/"msg":"draining"/);
+    expect(server.stdout()).toMatch(/"msg":"stopped"/);
+  });
+
+  it('refuses to start on an invalid config', async () => {
+    const file = join(temp(), 'bad.yaml');
+    writeFileSync(file, 'listeners: {}\n');
+    const { code, stderr } = await run(['serve', '--config', file]);
+    expect(code).toBe(1);
+    expect(stderr).toContain('listeners: at least one listener is required');
+  });
+});

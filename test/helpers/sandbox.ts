@@ -1,0 +1,69 @@
+/** The sandbox as a test fixture, plus a second gateway built from its config with changes. */
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
+import { buildGateway, type Gateway, type GatewayAddresses } from '../../src/gateway/build.js';
+import { createLogger, type Logger } from '../../src/observability/logger.js';
+import { sampleAdmissionReview, startSandbox, type Sandbox } from '../../src/sandbox/sandbox.js';
+import type { RecordedRequest } from '../../src/sandbox/standins/istiod.js';
+
+export const silent = (): Logger => createLogger('silent');
+
+/** A logger whose lines are kept, parsed, for assertions. */
+export function capturingLogger(): { logger: Logger; lines: Record<string, unknown>[]; raw: string[] } {
+  const lines: Record<string, unknown>[] = [];
+  const raw: string[] = [];
+  const logger = createLogger('info', {
+    write(line: string) {
+      raw.push(line);
+      lines.push(JSON.parse(line) as Record<string, unknown>);
+    },
+  });
+  return { logger, lines, raw };
+}
+
+export function startTestSandbox(logger: Logger = silent()): Promise<Sandbox> {
+  return startSandbox({ dir: mkdtempSync(join(tmpdir(), 'meshgate-test-')), portBase: 0, logger });
+}
+
+export interface ExtraGateway {
+  readonly gateway: Gateway;
+  readonly addresses: GatewayAddresses;
+  port(listener: string): number;
+  close(): Promise<void>;
+}
+
+/** A second meshgate over the sandbox's stand-ins, from its config changed by `edit`. */
+export async function startGatewayFrom(
+  sandbox: Sandbox,
+  edit: (config: Record<string, any>) => void,
+  { logger = silent(), bodyBudgetBytes }: { logger?: Logger; bodyBudgetBytes?: number } = {},
+): Promise<ExtraGateway> {
+  const config = parse(readFileSync(sandbox.info.config, 'utf8')) as Record<string, any>;
+  edit(config);
+  const file = join(mkdtempSync(join(tmpdir(), 'meshgate-config-')), 'meshgate.yaml');
+  writeFileSync(file, stringify(config));
+  const gateway = buildGateway(loadConfig(file), bodyBudgetBytes === undefined ? { logger } : { logger, bodyBudgetBytes });
+  const addresses = await gateway.listen();
+  return {
+    gateway,
+    addresses,
+    port: (listener) => {
+      const address = addresses.listeners[listener];
+      if (!address) throw new Error(`no listener ${listener}`);
+      return address.port;
+    },
+    close: () => gateway.close(0),
+  };
+}
+
+export const admissionReview = (uid: string): string => JSON.stringify(sampleAdmissionReview(uid));
+
+/** Every request the stand-in istiods received, cleared after reading. */
+export function drainIstiodRequests(sandbox: Sandbox): Map<string, RecordedRequest[]> {
+  const seen = new Map<string, RecordedRequest[]>();
+  for (const [tenant, istiod] of sandbox.istiods) seen.set(tenant, istiod.requests.splice(0));
+  return seen;
+}

@@ -1,0 +1,221 @@
+/**
+ * Bad input, part 1: routing and request shape. Each rejection has its status and stable code,
+ * reaches no istiod, and leaves meshgate serving (DESIGN.md §5 invariants 2 and 5).
+ */
+import { connect as netConnect } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Sandbox } from '../src/sandbox/sandbox.js';
+import { call, rawTls, type CallOptions, type Protocol } from './helpers/client.js';
+import { admissionReview, drainIstiodRequests, startGatewayFrom, startTestSandbox, type ExtraGateway } from './helpers/sandbox.js';
+
+let sandbox: Sandbox;
+beforeAll(async () => {
+  sandbox = await startTestSandbox();
+});
+afterAll(() => sandbox.close());
+afterEach(() => {
+  // No rejected request may reach any istiod.
+  expect([...drainIstiodRequests(sandbox).values()].flat().map((r) => `${r.method} ${r.url}`)).toEqual([]);
+});
+
+function acme() {
+  const tenant = sandbox.info.tenants.acme;
+  if (!tenant) throw new Error('no acme');
+  return tenant;
+}
+
+/** An injection call as acme's kube-apiserver makes it, with changes. */
+function inject(change: Partial<CallOptions> = {}) {
+  const tenant = acme();
+  return call({
+    port: sandbox.info.listeners.webhook.port,
+    servername: tenant.host,
+    method: 'POST',
+    path: '/inject/cluster/acme-east/net/network1?timeout=10s',
+    headers: { 'content-type': 'application/json' },
+    body: admissionReview('rejections'),
+    ca: sandbox.info.caFile,
+    cert: tenant.clientCert,
+    key: tenant.clientKey,
+    ...change,
+  });
+}
+
+function raw(lines: string[], body = '') {
+  const tenant = acme();
+  return rawTls(
+    { port: sandbox.info.listeners.webhook.port, servername: tenant.host, ca: sandbox.info.caFile, cert: tenant.clientCert, key: tenant.clientKey },
+    `${lines.join('\r\n')}\r\n\r\n${body}`,
+  );
+}
+
+const codeOf = (text: string): string | undefined => /"code":"(MG_ERR_[A-Z_]+)"/.exec(text)?.[1];
+
+describe.each(['h1', 'h2'] as Protocol[])('routing over %s', (protocol) => {
+  it('refuses a connection without SNI: no tenant is reached', async () => {
+    const res = await inject({ protocol, servername: false, insecure: true, authority: acme().host });
+    expect([res.status, res.json().code]).toEqual([421, 'MG_ERR_ROUTE_NO_SNI']);
+  });
+
+  it('refuses an SNI that names no tenant', async () => {
+    const res = await inject({ protocol, servername: 'initech.meshgate.test', insecure: true });
+    expect([res.status, res.json().code]).toEqual([421, 'MG_ERR_ROUTE_UNKNOWN_HOST']);
+  });
+
+  it("refuses a Host/:authority naming another tenant's host (421)", async () => {
+    const res = await inject({ protocol, authority: sandbox.info.tenants.globex?.host ?? '' });
+    expect([res.status, res.json().code]).toEqual([421, 'MG_ERR_ROUTE_HOST_MISMATCH']);
+  });
+
+  it('allows an IP-literal Host (clients that set tls-server-name send one); routing is by SNI', async () => {
+    const res = await inject({ protocol, authority: `127.0.0.1:${sandbox.info.listeners.webhook.port}` });
+    expect(res.status).toBe(200);
+    expect(res.headers['x-sandbox-istiod']).toBe('istiod-acme');
+    drainIstiodRequests(sandbox);
+  });
+
+  it.each([
+    ['/inject/../validate', 'MG_ERR_REQUEST_PATH_NOT_CANONICAL'],
+    ['/inject/%2E%2E/validate', 'MG_ERR_REQUEST_PATH_NOT_CANONICAL'],
+    ['/inject/%2e%2e/validate', 'MG_ERR_REQUEST_PATH_NOT_CANONICAL'],
+    ['/inject%2Fcluster%2Fglobex-main', 'MG_ERR_REQUEST_PATH_NOT_CANONICAL'],
+    ['//inject/cluster/acme-east', 'MG_ERR_REQUEST_PATH_NOT_CANONICAL'],
+    ['/inject\\cluster\\acme-east', 'MG_ERR_REQUEST_PATH_NOT_CANONICAL'],
+    ['/inject/cluster/acme-east%00', 'MG_ERR_REQUEST_PATH_NOT_CANONICAL'],
+    ['/inject/cluster/globex-main/net/n1', 'MG_ERR_ROUTE_UNKNOWN_CLUSTER'],
+    ['/inject/istio_meta_cluster_id/globex-main', 'MG_ERR_ROUTE_UNKNOWN_CLUSTER'],
+    ['/inject/:ENV:cluster=globex-main:ENV:net=n1', 'MG_ERR_ROUTE_UNKNOWN_CLUSTER'],
+    ['/inject/cluster/acme-east/cluster/globex-main', 'MG_ERR_ROUTE_NOT_FOUND'],
+    ['/admin', 'MG_ERR_ROUTE_NOT_FOUND'],
+  ])('rejects %s with %s', async (path, code) => {
+    const res = await inject({ protocol, path });
+    expect(res.json().code).toBe(code);
+  });
+});
+
+describe('request shape', () => {
+  it('takes POST only, and says so', async () => {
+    const res = await inject({ method: 'GET', body: undefined });
+    expect([res.status, res.json().code, res.headers.allow]).toEqual([405, 'MG_ERR_REQUEST_METHOD_NOT_ALLOWED', 'POST']);
+  });
+
+  it.each([['text/plain'], ['application/json; charset=utf-8'], ['application/yaml']])('refuses Content-Type %s', async (type) => {
+    const res = await inject({ headers: { 'content-type': type } });
+    expect([res.status, res.json().code]).toEqual([415, 'MG_ERR_REQUEST_CONTENT_TYPE']);
+  });
+
+  it('refuses a missing Content-Type', async () => {
+    const res = await inject({ headers: {} });
+    expect([res.status, res.json().code]).toEqual([415, 'MG_ERR_REQUEST_CONTENT_TYPE']);
+  });
+
+  it('refuses a declared body over 6 MiB before reading it', async () => {
+    const { text } = await raw([
+      'POST /inject/cluster/acme-east/net/network1 HTTP/1.1',
+      `Host: ${acme().host}`,
+      'Content-Type: application/json',
+      `Content-Length: ${6 * 1024 * 1024 + 1}`,
+    ]);
+    expect(text).toMatch(/^HTTP\/1\.1 413/);
+    expect(text).toMatch(/\r\nconnection: close\r\n/i);
+    expect(codeOf(text)).toBe('MG_ERR_REQUEST_BODY_TOO_LARGE');
+  });
+
+  it.each(['h1', 'h2'] as Protocol[])('stops reading a streamed body at 6 MiB (%s)', async (protocol) => {
+    const body = Buffer.alloc(7 * 1024 * 1024, 0x20);
+    const res = await inject({ protocol, body, headers: { 'content-type': 'application/json', 'transfer-encoding': protocol === 'h1' ? 'chunked' : [] } }).catch(
+      (err: unknown) => ({ status: -1, json: () => ({ code: String(err) }) }),
+    );
+    // The client may see the 413, or a reset while still sending: never a forwarded request.
+    if (res.status !== -1) expect([res.status, res.json().code]).toEqual([413, 'MG_ERR_REQUEST_BODY_TOO_LARGE']);
+  });
+
+  it('forwards a body just under the cap', async () => {
+    const review = admissionReview('big');
+    const padded = review.replace('"dryRun":false', `"dryRun":false,"padding":"${'x'.repeat(5 * 1024 * 1024)}"`);
+    const res = await inject({ body: padded });
+    expect(res.status).toBe(200);
+    expect(sandbox.istiods.get('acme')?.requests.at(-1)?.bodyBytes).toBe(Buffer.byteLength(padded));
+    drainIstiodRequests(sandbox);
+  });
+
+  it.each(['soon', '-1s', '0s', '10'])('refuses ?timeout=%s', async (timeout) => {
+    const res = await inject({ path: `/inject/cluster/acme-east/net/network1?timeout=${timeout}` });
+    expect([res.status, res.json().code]).toEqual([400, 'MG_ERR_REQUEST_BAD_TIMEOUT']);
+  });
+
+  it('refuses protocol upgrades on these planes', async () => {
+    const { text } = await raw(['GET /inject HTTP/1.1', `Host: ${acme().host}`, 'Connection: Upgrade', 'Upgrade: h2c']);
+    expect(text).toMatch(/^HTTP\/1\.1 400/);
+    expect(codeOf(text)).toBe('MG_ERR_REQUEST_UPGRADE');
+  });
+});
+
+describe('malformed HTTP', () => {
+  it.each([
+    ['a garbage request line', ['GARBAGE'], 'MG_ERR_REQUEST_MALFORMED', 400],
+    ['a header without a colon', ['POST /validate HTTP/1.1', 'Host: acme.meshgate.test', 'Bad Header'], 'MG_ERR_REQUEST_MALFORMED', 400],
+    ['a space before the colon', ['POST /validate HTTP/1.1', 'Host : acme.meshgate.test'], 'MG_ERR_REQUEST_MALFORMED', 400],
+    [
+      'Content-Length with Transfer-Encoding (smuggling)',
+      ['POST /validate HTTP/1.1', 'Host: acme.meshgate.test', 'Content-Length: 4', 'Transfer-Encoding: chunked'],
+      'MG_ERR_REQUEST_MALFORMED',
+      400,
+    ],
+    [
+      'two different Content-Lengths',
+      ['POST /validate HTTP/1.1', 'Host: acme.meshgate.test', 'Content-Length: 4', 'Content-Length: 5'],
+      'MG_ERR_REQUEST_MALFORMED',
+      400,
+    ],
+    ['no Host header', ['POST /validate HTTP/1.1', 'Content-Type: application/json', 'Content-Length: 2', '', '{}'], 'MG_ERR_REQUEST_MALFORMED', 400],
+    ['headers over the size limit', ['POST /validate HTTP/1.1', 'Host: acme.meshgate.test', `X-Big: ${'a'.repeat(20_000)}`], 'MG_ERR_REQUEST_HEADERS_TOO_LARGE', 431],
+  ] as const)('answers %s with a JSON error', async (_name, lines, code, status) => {
+    const { text } = await raw([...lines]);
+    expect(text.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}`);
+    expect(codeOf(text)).toBe(code);
+  });
+
+  it('keeps serving after all of that', async () => {
+    const res = await inject();
+    expect(res.status).toBe(200);
+    drainIstiodRequests(sandbox);
+  });
+});
+
+describe('timeouts that still apply', () => {
+  let gateway: ExtraGateway;
+  beforeAll(async () => {
+    gateway = await startGatewayFrom(sandbox, (config) => {
+      Object.assign(config.listeners.webhook, { headersTimeout: '500ms', requestTimeout: '1s', handshakeTimeout: '500ms' });
+    });
+  });
+  afterAll(() => gateway.close());
+
+  it('closes a connection whose headers never finish (slowloris) with a 408', async () => {
+    const tenant = acme();
+    const { text, closedByServer } = await rawTls(
+      { port: gateway.port('webhook'), servername: tenant.host, ca: sandbox.info.caFile },
+      `POST /validate HTTP/1.1\r\nHost: ${tenant.host}\r\nX-Slow: `,
+    );
+    expect(closedByServer).toBe(true);
+    expect(text).toMatch(/^HTTP\/1\.1 408/);
+    expect(codeOf(text)).toBe('MG_ERR_REQUEST_TIMEOUT');
+  });
+
+  it('closes a connection that never completes the TLS handshake', async () => {
+    const closed = await new Promise<boolean>((resolve) => {
+      const socket = netConnect(gateway.port('webhook'), '127.0.0.1');
+      const timer = setTimeout(() => {
+        socket.destroy();
+        resolve(false);
+      }, 10_000);
+      socket.on('close', () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+      socket.on('error', () => undefined);
+    });
+    expect(closed).toBe(true);
+  });
+});
