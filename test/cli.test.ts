@@ -118,6 +118,8 @@ describe('meshgate serve', () => {
       const syncz = () =>
         call({ port, servername: acme.host, path: '/debug/syncz', headers: { authorization: `Bearer ${acme.tokens.debug}` }, ca: sandbox.info.caFile });
       expect((await syncz()).status).toBe(200);
+      // One request at low traffic: its access-log line is written without waiting for more.
+      await server.waitFor(/"msg":"request"[^\n]*"outcome":"OK"|"outcome":"OK"[^\n]*"msg":"request"/, 5_000);
 
       const narrowed = parse(original) as Record<string, any>;
       narrowed.tenants[0].access = { debug: [] };

@@ -4,7 +4,7 @@
  * of everything the verification depended on: tenant, plane audiences and the token itself, so an
  * entry made for one tenant or plane can never answer for another.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 export interface TokenCache<T> {
   get(key: string): T | undefined;
@@ -56,6 +56,7 @@ export function createTokenCache<T>(options: TokenCacheOptions): TokenCache<T> {
 
 /** The cache key: a digest, so the cache never holds a usable token. */
 export function tokenCacheKey(tenant: string, scope: string, token: string): string {
-  // JSON keeps the fields apart whatever they contain; the token comes last, whole.
-  return createHash('sha256').update(JSON.stringify([tenant, scope])).update(token).digest('base64url');
+  // JSON keeps the fields apart whatever they contain; the token comes last, whole. The one-shot
+  // hash() costs a fraction of a createHash() object on this hot path.
+  return hash('sha256', JSON.stringify([tenant, scope]) + token, 'base64url');
 }

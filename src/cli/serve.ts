@@ -39,6 +39,7 @@ export async function runServe(args: readonly string[]): Promise<number> {
   });
   await gateway.close(Number.isFinite(drainMs) ? drainMs : 10_000);
   logger.info('stopped');
+  logger.flush();
   return 0;
 }
 

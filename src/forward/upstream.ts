@@ -29,7 +29,9 @@ export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, o
   const pool = {
     keepAlive: true,
     maxSockets: 256,
-    maxFreeSockets: 32,
+    // As many idle connections as busy ones: a smaller pool would close connections after each
+    // burst and pay a TLS handshake to istiod for the next one.
+    maxFreeSockets: 256,
     scheduling: 'lifo' as const,
     lookup: options.allowLoopback ? undefined : refuseLoopback,
   };

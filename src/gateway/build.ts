@@ -7,7 +7,7 @@ import { createAdminServer } from '../admin/admin-server.js';
 import type { LoadedConfig } from '../config/load.js';
 import { createBodyBudget } from '../http/body.js';
 import { createTlsListener, type TlsListener } from '../listener/tls-listener.js';
-import { createLogger, type Logger } from '../observability/logger.js';
+import { accessLogger, createLogger, type Logger } from '../observability/logger.js';
 import { createMetrics, type Metrics } from '../observability/metrics.js';
 import { createDebugPlane } from '../planes/debug/plane.js';
 import type { Plane } from '../planes/plane.js';
@@ -68,7 +68,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
   const retired = new Set<Snapshot>();
   let listening = false;
 
-  const handlerDeps = { current: () => snapshot, planes, metrics, logger };
+  const handlerDeps = { current: () => snapshot, planes, metrics, logger: accessLogger(logger) };
   const fallback = defaultCertificate();
   const listeners: TlsListener[] = Object.entries(loaded.config.listeners).map(([name, config]) =>
     createTlsListener({
