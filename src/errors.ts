@@ -46,6 +46,7 @@ export const ERROR_CODES = {
   MG_ERR_REQUEST_CONTENT_TYPE: spec(415, GRPC.INVALID_ARGUMENT, 'unsupported content type'),
   MG_ERR_REQUEST_BODY_TOO_LARGE: spec(413, GRPC.RESOURCE_EXHAUSTED, 'request body is too large'),
   MG_ERR_REQUEST_BAD_TIMEOUT: spec(400, GRPC.INVALID_ARGUMENT, 'invalid timeout query parameter'),
+  MG_ERR_REQUEST_BODY_UNEXPECTED: spec(400, GRPC.INVALID_ARGUMENT, 'this request may not have a body'),
   MG_ERR_REQUEST_UPGRADE: spec(400, GRPC.INVALID_ARGUMENT, 'protocol upgrade is not supported on this plane'),
   MG_ERR_REQUEST_BUSY: spec(503, GRPC.RESOURCE_EXHAUSTED, 'too many request bodies in flight; retry'),
 
@@ -62,6 +63,7 @@ export const ERROR_CODES = {
 
   // Authorization: may this identity do this.
   MG_ERR_AUTHZ_TENANT_MISMATCH: spec(403, GRPC.PERMISSION_DENIED, 'identity belongs to a different tenant'),
+  MG_ERR_AUTHZ_CLUSTER_MISMATCH: spec(403, GRPC.PERMISSION_DENIED, "the token's cluster is not the cluster named in the request"),
   MG_ERR_AUTHZ_DENIED: spec(403, GRPC.PERMISSION_DENIED, 'identity may not use this plane'),
   MG_ERR_AUTHZ_SOURCE_ADDRESS: spec(403, GRPC.PERMISSION_DENIED, 'source address is not allowed'),
   MG_ERR_AUTHZ_DEBUG_ENDPOINT: spec(403, GRPC.PERMISSION_DENIED, 'debug endpoint is not allowed'),

@@ -51,12 +51,18 @@ const targets: Target[] = TENANTS.flatMap((tenant) => [
   { tenant, plane: 'debug' as const },
 ]);
 
+/** The cluster whose issuer signed each tenant's sandbox tokens. */
+const TOKEN_CLUSTER: Record<string, string> = { acme: 'acme-east', globex: 'globex-main' };
+
 /** The rule under test, stated independently of meshgate's code. */
 function shouldAllow(credential: Credential, target: Target): boolean {
+  const isToken = credential.kind === 'webhook-token' || credential.kind === 'debug-token';
   return (
     credential.tenant === target.tenant &&
     ACCEPTS[target.tenant]?.[target.plane].includes(credential.kind) === true &&
-    (target.cluster === undefined || CLUSTERS[target.tenant]?.includes(target.cluster) === true)
+    (target.cluster === undefined || CLUSTERS[target.tenant]?.includes(target.cluster) === true) &&
+    // A token injects into its own cluster only.
+    (!isToken || target.cluster === undefined || target.cluster === TOKEN_CLUSTER[credential.tenant])
   );
 }
 
@@ -134,7 +140,7 @@ describe.each(['h1', 'h2'] as const)('isolation matrix over %s', (protocol) => {
     expect(wrong).toEqual([]);
     expect(credentials).toHaveLength(7);
     expect(targets).toHaveLength(10);
-    expect({ allowed, denied }).toEqual({ allowed: 12, denied: 58 });
+    expect({ allowed, denied }).toEqual({ allowed: 11, denied: 59 });
   });
 });
 

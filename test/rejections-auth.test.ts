@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createIssuer } from '../src/sandbox/issuer.js';
 import { createCertificateAuthority, issueCertificate } from '../src/pki/certificates.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
-import { call, type CallOptions } from './helpers/client.js';
+import { call, rawTls, type CallOptions } from './helpers/client.js';
 import { admissionReview, drainIstiodRequests, startGatewayFrom, startTestSandbox } from './helpers/sandbox.js';
 import { closedPort } from './helpers/upstream.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -101,6 +101,14 @@ describe('invalid tokens', () => {
     expectError(await webhook('acme', { headers: { ...bearer(tenant('acme').tokens.debug), 'content-type': 'application/json' } }), 401, 'MG_ERR_AUTHN_TOKEN_AUDIENCE');
   });
 
+  it("refuses a cluster's token injecting into another cluster of the same tenant", async () => {
+    const res = await webhook('acme', {
+      path: '/inject/cluster/acme-west/net/network1',
+      headers: { ...bearer(tenant('acme').tokens.webhook), 'content-type': 'application/json' },
+    });
+    expectError(res, 403, 'MG_ERR_AUTHZ_CLUSTER_MISMATCH');
+  });
+
   it('does not let a token cached for one tenant answer for another', async () => {
     const token = tenant('acme').tokens.debug;
     expect((await debug('acme', { headers: bearer(token) })).status).toBe(200);
@@ -159,6 +167,25 @@ describe('the debug allowlist', () => {
     expectError(await debug('acme', { path, headers: bearer(tenant('acme').tokens.debug) }), 403, 'MG_ERR_AUTHZ_DEBUG_ENDPOINT');
   });
 
+  it.each([
+    ['Content-Length', (inner: string) => [`Content-Length: ${Buffer.byteLength(inner)}`, '', inner]],
+    ['chunked', (inner: string) => ['Transfer-Encoding: chunked', '', `${Buffer.byteLength(inner).toString(16)}\r\n${inner}\r\n0\r\n`]],
+  ] as const)('refuses a GET with a body (%s): the smuggling of a second request to istiod', async (_framing, framing) => {
+    const acme = tenant('acme');
+    const inner = 'GET /debug/force_disconnect?proxyID=x HTTP/1.1\r\nHost: istiod\r\nX-Pad: ';
+    const { text } = await rawTls(
+      { port: sandbox.info.listeners.api.port, servername: acme.host, ca: sandbox.info.caFile },
+      [`GET /debug/syncz HTTP/1.1`, `Host: ${acme.host}`, `Authorization: Bearer ${acme.tokens.debug}`, ...framing(inner)].join('\r\n'),
+    );
+    expect(text).toMatch(/^HTTP\/1\.1 400/);
+    expect(text).toContain('"code":"MG_ERR_REQUEST_BODY_UNEXPECTED"');
+  });
+
+  it('refuses an HTTP/2 GET with DATA', async () => {
+    const res = await debug('acme', { protocol: 'h2', headers: bearer(tenant('acme').tokens.debug), body: 'GET /debug/pprof/ HTTP/1.1\r\n\r\n' });
+    expectError(res, 400, 'MG_ERR_REQUEST_BODY_UNEXPECTED');
+  });
+
   it('takes GET and HEAD only', async () => {
     const res = await debug('acme', { method: 'POST', headers: bearer(tenant('acme').tokens.debug) });
     expect([res.status, res.json().code, res.headers.allow]).toEqual([405, 'MG_ERR_REQUEST_METHOD_NOT_ALLOWED', 'GET, HEAD']);
@@ -194,6 +221,21 @@ describe('tenant rules and limits', () => {
     try {
       const res = await webhook('acme', { cert: tenant('acme').clientCert, key: tenant('acme').clientKey }, gateway.port('webhook'));
       expectError(res, 503, 'MG_ERR_REQUEST_BUSY');
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  it("keeps each tenant's bodies within the tenant's own budget", async () => {
+    const gateway = await startGatewayFrom(sandbox, (config) => {
+      config.tenants[0].webhook.maxBufferedBytes = 256;
+    });
+    try {
+      const acme = await webhook('acme', { cert: tenant('acme').clientCert, key: tenant('acme').clientKey }, gateway.port('webhook'));
+      expectError(acme, 503, 'MG_ERR_REQUEST_BUSY');
+      const globex = await webhook('globex', { path: new URL(tenant('globex').webhook.inject).pathname }, gateway.port('webhook'));
+      expect(globex.status).toBe(200);
+      drainIstiodRequests(sandbox);
     } finally {
       await gateway.close();
     }

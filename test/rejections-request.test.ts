@@ -2,6 +2,8 @@
  * Bad input, part 1: routing and request shape. Each rejection has its status and stable code,
  * reaches no istiod, and leaves meshgate serving (DESIGN.md §5 invariants 2 and 5).
  */
+import { readFileSync } from 'node:fs';
+import { connect as http2Connect } from 'node:http2';
 import { connect as netConnect } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
@@ -85,11 +87,50 @@ describe.each(['h1', 'h2'] as Protocol[])('routing over %s', (protocol) => {
     ['/inject/cluster/globex-main/net/n1', 'MG_ERR_ROUTE_UNKNOWN_CLUSTER'],
     ['/inject/istio_meta_cluster_id/globex-main', 'MG_ERR_ROUTE_UNKNOWN_CLUSTER'],
     ['/inject/:ENV:cluster=globex-main:ENV:net=n1', 'MG_ERR_ROUTE_UNKNOWN_CLUSTER'],
+    ['/inject/%C4%B1stio_meta_cluster_id/globex-main', 'MG_ERR_REQUEST_PATH_NOT_CANONICAL'],
+    ['/inject/cluster/acme-east--slash--x', 'MG_ERR_ROUTE_UNKNOWN_CLUSTER'],
     ['/inject/cluster/acme-east/cluster/globex-main', 'MG_ERR_ROUTE_NOT_FOUND'],
     ['/admin', 'MG_ERR_ROUTE_NOT_FOUND'],
   ])('rejects %s with %s', async (path, code) => {
     const res = await inject({ protocol, path });
     expect(res.json().code).toBe(code);
+  });
+});
+
+describe('HTTP/2 connection reuse', () => {
+  it("refuses a second stream on acme's connection that names globex's authority (coalescing)", async () => {
+    const tenant = acme();
+    const session = http2Connect(`https://127.0.0.1:${sandbox.info.listeners.webhook.port}`, {
+      servername: tenant.host,
+      ca: readFileSync(sandbox.info.caFile),
+      cert: readFileSync(tenant.clientCert),
+      key: readFileSync(tenant.clientKey),
+    });
+    const post = (authority: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const stream = session.request({
+          ':method': 'POST',
+          ':path': '/inject/cluster/acme-east/net/network1',
+          ':authority': authority,
+          'content-type': 'application/json',
+        });
+        let status = 0;
+        let body = '';
+        stream.on('response', (h) => (status = Number(h[':status'])));
+        stream.on('data', (c: Buffer) => (body += c.toString()));
+        stream.on('end', () => resolve({ status, body }));
+        stream.on('error', reject);
+        stream.end(admissionReview('coalesce'));
+      });
+    try {
+      expect((await post(tenant.host)).status).toBe(200);
+      const crossed = await post(sandbox.info.tenants.globex?.host ?? '');
+      expect([crossed.status, codeOf(crossed.body)]).toEqual([421, 'MG_ERR_ROUTE_HOST_MISMATCH']);
+    } finally {
+      session.close();
+    }
+    const reached = drainIstiodRequests(sandbox);
+    expect([reached.get('acme')?.length, reached.get('globex')?.length]).toEqual([1, 0]);
   });
 });
 
@@ -187,10 +228,73 @@ describe('timeouts that still apply', () => {
   let gateway: ExtraGateway;
   beforeAll(async () => {
     gateway = await startGatewayFrom(sandbox, (config) => {
-      Object.assign(config.listeners.webhook, { headersTimeout: '500ms', requestTimeout: '1s', handshakeTimeout: '500ms' });
+      Object.assign(config.listeners.webhook, { headersTimeout: '300ms', requestTimeout: '1s', handshakeTimeout: '500ms', idleTimeout: '1s' });
     });
   });
   afterAll(() => gateway.close());
+
+  const h2Session = (port = gateway.port('webhook')) => {
+    const tenant = acme();
+    const session = http2Connect(`https://127.0.0.1:${port}`, {
+      servername: tenant.host,
+      ca: readFileSync(sandbox.info.caFile),
+      cert: readFileSync(tenant.clientCert),
+      key: readFileSync(tenant.clientKey),
+    });
+    session.on('error', () => undefined);
+    return session;
+  };
+
+  it('answers a stalled HTTP/2 body with a 408 at the deadline, then resets the stream', async () => {
+    // On the sandbox's listener, whose idle timeout (5 min) would not end the stream: only the reset does.
+    const session = h2Session(sandbox.info.listeners.webhook.port);
+    const outcome = await new Promise<{ status: number; body: string; rstCode: number | undefined }>((resolve) => {
+      const stream = session.request(
+        { ':method': 'POST', ':path': '/inject/cluster/acme-east/net/network1?timeout=1s', ':authority': acme().host, 'content-type': 'application/json' },
+        { endStream: false },
+      );
+      stream.write('{"apiVersion":'); // and never the rest
+      let status = 0;
+      let body = '';
+      stream.on('response', (h) => (status = Number(h[':status'])));
+      stream.on('data', (c: Buffer) => (body += c.toString()));
+      stream.on('close', () => resolve({ status, body, rstCode: stream.rstCode }));
+      stream.on('error', () => undefined);
+    });
+    session.destroy();
+    expect([outcome.status, codeOf(outcome.body), outcome.rstCode]).toEqual([408, 'MG_ERR_REQUEST_TIMEOUT', 0]);
+  });
+
+  it('closes an HTTP/2 stream it refused before reading it, so it cannot be held open', async () => {
+    const session = h2Session(sandbox.info.listeners.webhook.port);
+    const outcome = await new Promise<{ status: number; rstCode: number | undefined }>((resolve) => {
+      const stream = session.request(
+        { ':method': 'GET', ':path': '/inject/cluster/acme-east/net/network1', ':authority': acme().host },
+        { endStream: false },
+      );
+      stream.write('x');
+      let status = 0;
+      stream.on('response', (h) => (status = Number(h[':status'])));
+      stream.resume();
+      stream.on('close', () => resolve({ status, rstCode: stream.rstCode }));
+      stream.on('error', () => undefined);
+    });
+    session.destroy();
+    expect(outcome).toEqual({ status: 405, rstCode: 0 });
+  });
+
+  it('ends an idle HTTP/2 session', async () => {
+    const session = h2Session();
+    const ended = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 15_000);
+      session.on('goaway', () => undefined);
+      session.on('close', () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+    expect(ended).toBe(true);
+  });
 
   it('closes a connection whose headers never finish (slowloris) with a 408', async () => {
     const tenant = acme();

@@ -109,8 +109,13 @@ describe('upstream unreachable or untrusted', () => {
 describe('upstream slow or broken', () => {
   let upstream: TestUpstream;
   const slowBodyMs = 1_500;
+  /** Slow responses the upstream saw cut off by meshgate (its client went away). */
+  let abandoned = 0;
   beforeAll(async () => {
     upstream = await startHttpUpstream((req, res) => {
+      res.on('close', () => {
+        if (!res.writableFinished) abandoned++;
+      });
       const path = req.url ?? '';
       if (path.startsWith('/debug/syncz')) return; // never answers
       if (path.startsWith('/debug/configz')) {
@@ -228,6 +233,44 @@ describe('upstream slow or broken', () => {
       expect(outcome.how).not.toBe('end');
       expect(outcome.rstCode).not.toBe(0);
     });
+  });
+
+  it.each(['h1', 'h2'] as const)('drops the upstream request when a %s client resets mid-response', async (protocol) => {
+    await slowGateway(async (gateway) => {
+      const before = abandoned;
+      if (protocol === 'h2') {
+        const session = http2Connect(`https://127.0.0.1:${gateway.port('api')}`, { ca: readFileSync(sandbox.info.caFile), servername: acme().host });
+        session.on('error', () => undefined);
+        const stream = session.request({ ':path': '/debug/config_dump', ':authority': acme().host, authorization: `Bearer ${acme().tokens.debug}` });
+        stream.on('error', () => undefined);
+        await new Promise((resolve) => stream.once('data', resolve));
+        stream.close(8); // RST_STREAM(CANCEL)
+        await new Promise((r) => setTimeout(r, 50));
+        session.destroy();
+      } else {
+        await new Promise<void>((resolve) => {
+          const req = httpsRequest(
+            {
+              host: '127.0.0.1',
+              port: gateway.port('api'),
+              servername: acme().host,
+              ca: readFileSync(sandbox.info.caFile),
+              path: '/debug/config_dump',
+              headers: { host: acme().host, authorization: `Bearer ${acme().tokens.debug}` },
+              agent: false,
+            },
+            (res) => res.once('data', () => {
+              req.destroy();
+              resolve();
+            }),
+          );
+          req.on('error', () => undefined);
+          req.end();
+        });
+      }
+      for (let i = 0; i < 100 && abandoned === before; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(abandoned).toBe(before + 1);
+    }, '10s');
   });
 
   it('lets a long response outlive the request and header timeouts (they bound receiving a request, not answering it)', async () => {

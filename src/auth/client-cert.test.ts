@@ -56,6 +56,17 @@ describe('clientCertificateIdentity', () => {
     );
   });
 
+  it('fails a certificate that expires while its connection is still open', () => {
+    const socket = socketWith(acmeClient, acmeCa);
+    const acme = trust('acme', acmeCa);
+    const identity = clientCertificateIdentity(socket, acme);
+    expect(identity).toBeDefined();
+    const afterExpiry = (identity?.expiresAt ?? 0) + 1;
+    expect(() => clientCertificateIdentity(socket, acme, afterExpiry)).toThrow(
+      expect.objectContaining({ code: 'MG_ERR_AUTHN_CLIENT_CERT_INVALID' }) as Error,
+    );
+  });
+
   it('fails a certificate whose claimed issuer did not sign it', () => {
     expect(() => clientCertificateIdentity(socketWith(globexClient, acmeCa, true), trust('acme', acmeCa))).toThrow(
       expect.objectContaining({ code: 'MG_ERR_AUTHN_CLIENT_CERT_INVALID' }) as Error,

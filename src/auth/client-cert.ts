@@ -25,11 +25,14 @@ const memo = new WeakMap<TLSSocket, { trust: ClientCertificateTrust; identity: I
  * The identity proved by the connection's client certificate, undefined when none was presented.
  * Throws MG_ERR_AUTHN_CLIENT_CERT_INVALID when one was presented and does not hold for this tenant.
  */
-export function clientCertificateIdentity(socket: TLSSocket, trust: ClientCertificateTrust): Identity | undefined {
+export function clientCertificateIdentity(socket: TLSSocket, trust: ClientCertificateTrust, now = Date.now()): Identity | undefined {
   const remembered = memo.get(socket);
-  if (remembered?.trust === trust) return remembered.identity;
-  const identity = verifyPeer(socket, trust);
-  memo.set(socket, { trust, identity });
+  const identity = remembered?.trust === trust ? remembered.identity : verifyPeer(socket, trust);
+  if (remembered?.trust !== trust) memo.set(socket, { trust, identity });
+  // A connection can outlive its certificate (HTTP/2 keeps one open for hours): check every time.
+  if (identity?.expiresAt !== undefined && identity.expiresAt <= now) {
+    throw new MeshgateError('MG_ERR_AUTHN_CLIENT_CERT_INVALID', { detail: 'certificate expired during the connection' });
+  }
   return identity;
 }
 

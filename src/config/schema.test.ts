@@ -107,6 +107,10 @@ describe('parseConfig', () => {
   it('refuses loopback istiod upstreams: istiod trusts loopback callers fully', () => {
     const loopback = tenant('acme', { istiod: { webhook: { url: 'https://127.0.0.1:15017' }, debug: { url: 'http://localhost:15014' } } });
     expect(problems(base({ tenants: [loopback] }))).toHaveLength(2);
+    for (const url of ['https://[::ffff:127.0.0.1]:15017', 'https://0.0.0.0:15017', 'https://[::]:15017', 'https://127.1:15017']) {
+      const local = tenant('acme', { istiod: { webhook: { url } } });
+      expect(problems(base({ tenants: [local] })), url).toHaveLength(1);
+    }
     expect(problems(base({ tenants: [loopback], security: { allowLoopbackUpstreams: true } }))).toEqual([]);
   });
 
@@ -117,9 +121,10 @@ describe('parseConfig', () => {
     ]);
   });
 
-  it('requires istiod.debug.token when certificate callers may use the debug plane', () => {
+  it('requires istiod.debug.token, and rules, when certificate callers may use the debug plane', () => {
     expect(problems(base({ tenants: [tenant('acme', { debug: { authentication: ['token', 'clientCertificate'] } })] }))).toEqual([
       'tenants[0].istiod.debug.token: debug authentication includes "clientCertificate": istiod needs a token for such callers, so set istiod.debug.token',
+      'tenants[0].access.debug: debug authentication includes "clientCertificate", and such callers use meshgate\'s istiod token: set access.debug rules that say which may',
     ]);
   });
 
@@ -149,11 +154,20 @@ describe('isLoopbackHost', () => {
     ['::1', true],
     ['[::1]', true],
     ['::ffff:127.0.0.1', true],
+    ['::ffff:7f00:1', true],
+    ['[::ffff:7f00:1]', true],
+    ['0:0:0:0:0:0:0:1', true],
+    ['0.0.0.0', true],
+    ['::', true],
+    ['[::]', true],
+    ['::ffff:0.0.0.0', true],
     ['localhost', true],
     ['istiod.localhost', true],
     ['10.0.0.1', false],
     ['istiod.acme-cp.svc', false],
     ['::ffff:10.0.0.1', false],
+    ['::ffff:a00:1', false],
+    ['fe80::1', false],
   ])('%s → %s', (host, loopback) => {
     expect(isLoopbackHost(host)).toBe(loopback);
   });

@@ -2,7 +2,7 @@
  * The configuration schema. It is also the type: `Config` is what zod returns, frozen, and nothing
  * else describes the shape. docs/configuration.md documents every field here.
  */
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
 import { isForbiddenEndpoint } from '../planes/debug/endpoints.js';
 import { parseDuration, parseSize } from './units.js';
@@ -84,7 +84,6 @@ const cluster = z.strictObject({
   id: clusterId,
   issuer: z.string().min(1),
   jwks,
-  network: z.string().optional(),
 });
 
 const accessRule = z
@@ -102,6 +101,7 @@ const webhookSettings = z.strictObject({
   pathKeyFile: file.optional(),
   sourceCIDRs: z.array(z.union([z.cidrv4(), z.cidrv6()])).optional(),
   maxBodySize: size.default(6 * 1024 * 1024),
+  maxBufferedBytes: size.default(64 * 1024 * 1024),
   timeout: duration.default(10_000),
   maxTimeout: duration.default(30_000),
 });
@@ -246,6 +246,12 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
           'debug authentication includes "clientCertificate": istiod needs a token for such callers, so set istiod.debug.token',
         );
       }
+      if (t.access.debug === undefined) {
+        report(
+          at('access', 'debug'),
+          'debug authentication includes "clientCertificate", and such callers use meshgate\'s istiod token: set access.debug rules that say which may',
+        );
+      }
     }
     t.debug.endpoints?.forEach((endpoint, e) => {
       if (isForbiddenEndpoint(endpoint)) {
@@ -290,11 +296,19 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
   }
 }
 
-/** 127.0.0.0/8, ::1, IPv4-mapped loopback, and the name localhost. */
+/** Addresses that reach the local host: loopback, and "this host" (0.0.0.0/8, ::), plain or IPv4-mapped. */
+const LOCAL_HOST = new BlockList();
+LOCAL_HOST.addSubnet('127.0.0.0', 8, 'ipv4');
+LOCAL_HOST.addSubnet('0.0.0.0', 8, 'ipv4');
+LOCAL_HOST.addAddress('::1', 'ipv6');
+LOCAL_HOST.addAddress('::', 'ipv6');
+LOCAL_HOST.addSubnet('::ffff:127.0.0.0', 104, 'ipv6');
+LOCAL_HOST.addSubnet('::ffff:0.0.0.0', 104, 'ipv6');
+
+/** Whether a host name or address reaches this host: istiod would treat meshgate as itself. */
 export function isLoopbackHost(hostname: string): boolean {
   const host = hostname.replace(/^\[|\]$/g, '').toLowerCase();
   if (host === 'localhost' || host.endsWith('.localhost')) return true;
-  if (isIP(host) === 4) return host.startsWith('127.');
-  if (isIP(host) === 6) return host === '::1' || /^::ffff:127\./.test(host) || /^0*:(0*:){6}0*1$/.test(host);
-  return false;
+  const family = isIP(host);
+  return family !== 0 && LOCAL_HOST.check(host, family === 4 ? 'ipv4' : 'ipv6');
 }

@@ -24,7 +24,10 @@ export interface ForwardRequest {
   readonly path: string;
   /** The complete outbound headers, already sanitized and completed by the plane. */
   readonly headers: OutgoingHttpHeaders;
-  /** A body read in advance; when absent, the request body is streamed. */
+  /**
+   * The body, read in advance; none is sent when absent. A body is never streamed through: an
+   * unframed body after a GET would be read by istiod as the next request (smuggling).
+   */
   readonly body?: Buffer | undefined;
   readonly timeoutMs: number;
 }
@@ -68,7 +71,10 @@ function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<Forwa
   req.url = request.path;
 
   return new Promise((resolve, reject) => {
-    const timeout = new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${request.timeoutMs} ms` });
+    // Made only when the deadline passes: an Error captures a stack, which costs on every request.
+    let timeout: MeshgateError | undefined;
+    const timeoutError = (): MeshgateError =>
+      (timeout ??= new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${request.timeoutMs} ms` }));
     let timedOut = false;
     let upstreamReq: ClientRequest | undefined;
     let failure: MeshgateError | undefined;
@@ -76,12 +82,12 @@ function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<Forwa
 
     const timer = setTimeout(() => {
       timedOut = true;
-      if (upstreamReq) upstreamReq.destroy(timeout);
-      else fail(timeout);
+      if (upstreamReq) upstreamReq.destroy(timeoutError());
+      else fail(timeoutError());
     }, request.timeoutMs);
     outbound.set(req, (proxyReq) => {
       upstreamReq = proxyReq;
-      if (timedOut) proxyReq.destroy(timeout);
+      if (timedOut) proxyReq.destroy(timeoutError());
     });
 
     const fail = (error: MeshgateError): void => {
@@ -106,9 +112,9 @@ function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<Forwa
       {
         target: request.upstream.origin,
         agent: request.upstream.agent,
-        buffer: request.body ? Readable.from([request.body]) : undefined,
+        buffer: Readable.from(request.body ? [request.body] : []),
       },
-      (err) => fail(timedOut ? timeout : classifyUpstreamError(err)),
+      (err) => fail(timedOut ? timeoutError() : classifyUpstreamError(err)),
     );
   });
 }
@@ -155,8 +161,10 @@ function forwardH2(exchange: H2Exchange, request: ForwardRequest): Promise<Forwa
       fail(new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${request.timeoutMs} ms` }));
     }, request.timeoutMs);
 
+    let upstreamComplete = false;
     upstreamReq.on('error', (err) => fail(classifyUpstreamError(err)));
     upstreamReq.on('response', (upstreamRes) => {
+      upstreamRes.once('end', () => (upstreamComplete = true));
       if (stream.destroyed || stream.closed) {
         upstreamRes.resume();
         return;
@@ -165,18 +173,26 @@ function forwardH2(exchange: H2Exchange, request: ForwardRequest): Promise<Forwa
       for (const [name, value] of Object.entries(upstreamRes.headers)) {
         if (!isHopByHopResponseHeader(name) && value !== undefined) headers[name] = value;
       }
-      stream.respond(headers);
+      try {
+        stream.respond(headers);
+      } catch (err) {
+        // A header HTTP/2 refuses: a bad answer from istiod, never a crash of meshgate.
+        upstreamRes.resume();
+        fail(new MeshgateError('MG_ERR_UPSTREAM_RESET', { message: 'upstream answered with headers HTTP/2 cannot carry', cause: err }));
+        return;
+      }
       upstreamRes.on('error', (err) => fail(classifyUpstreamError(err)));
       upstreamRes.pipe(stream);
     });
     stream.once('close', () => {
       clearTimeout(timer);
-      if (!upstreamReq.destroyed && !upstreamReq.writableFinished) upstreamReq.destroy();
+      // The client went away (or was cut off) before istiod's answer ended: drop the upstream
+      // request too, or its socket would stay out of the pool, paused, for good.
+      if (!upstreamComplete) upstreamReq.destroy();
       const status = exchange.status ?? 0;
       if (!rejected) resolve(failure ? { status, error: failure } : { status });
     });
 
-    if (request.body) upstreamReq.end(request.body);
-    else exchange.body.pipe(upstreamReq);
+    upstreamReq.end(request.body);
   });
 }

@@ -42,19 +42,43 @@ export function declaredLength(header: string | undefined, maxBytes: number): nu
   return length;
 }
 
+export interface ReadBodyOptions {
+  readonly maxBytes: number;
+  /** Every budget must have room for each chunk: the tenant's own, and the process's. */
+  readonly budgets: readonly BodyBudget[];
+  /** The whole body must arrive within this, or MG_ERR_REQUEST_TIMEOUT. */
+  readonly deadlineMs: number;
+}
+
 /**
- * Reads the whole body, at most `maxBytes`. Stops reading (without consuming the rest) as soon as
- * the cap is passed, and releases its share of the budget when the caller is done with the body.
+ * Reads the whole body, at most `maxBytes`, within `deadlineMs`. Stops reading (without
+ * consuming the rest) as soon as a limit is passed, and releases its share of the budgets when
+ * the caller is done with the body.
  */
-export function readBody(body: Readable, maxBytes: number, budget: BodyBudget): Promise<{ body: Buffer; release: () => void }> {
+export function readBody(body: Readable, options: ReadBodyOptions): Promise<{ body: Buffer; release: () => void }> {
+  const { maxBytes, budgets } = options;
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     let done = false;
-    const release = (): void => budget.give(size);
+    const release = (): void => {
+      for (const budget of budgets) budget.give(size);
+    };
+    const take = (bytes: number): boolean => {
+      const taken: BodyBudget[] = [];
+      for (const budget of budgets) {
+        if (!budget.take(bytes)) {
+          for (const t of taken) t.give(bytes);
+          return false;
+        }
+        taken.push(budget);
+      }
+      return true;
+    };
     const fail = (error: MeshgateError): void => {
       if (done) return;
       done = true;
+      clearTimeout(timer);
       body.off('data', onData);
       body.off('end', onEnd);
       body.pause();
@@ -66,7 +90,7 @@ export function readBody(body: Readable, maxBytes: number, budget: BodyBudget): 
         fail(new MeshgateError('MG_ERR_REQUEST_BODY_TOO_LARGE', { message: `request body is larger than ${maxBytes} bytes` }));
         return;
       }
-      if (!budget.take(chunk.length)) {
+      if (!take(chunk.length)) {
         fail(new MeshgateError('MG_ERR_REQUEST_BUSY'));
         return;
       }
@@ -76,13 +100,19 @@ export function readBody(body: Readable, maxBytes: number, budget: BodyBudget): 
     const onEnd = (): void => {
       if (done) return;
       done = true;
+      clearTimeout(timer);
       body.off('data', onData);
       resolve({ body: Buffer.concat(chunks, size), release });
     };
+    const timer = setTimeout(() => {
+      fail(new MeshgateError('MG_ERR_REQUEST_TIMEOUT', { message: `request body did not arrive within ${options.deadlineMs} ms` }));
+    }, options.deadlineMs);
     body.on('data', onData);
     body.once('end', onEnd);
-    const abrupt = (err?: unknown): void =>
-      fail(new MeshgateError('MG_ERR_REQUEST_MALFORMED', { message: 'request body ended abruptly', cause: err }));
+    const abrupt = (err?: unknown): void => {
+      // 'close' also follows a normal end: build the error (a stack capture) only when it is one.
+      if (!done) fail(new MeshgateError('MG_ERR_REQUEST_MALFORMED', { message: 'request body ended abruptly', cause: err }));
+    };
     body.once('error', abrupt);
     body.once('close', () => abrupt());
   });

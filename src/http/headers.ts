@@ -77,6 +77,7 @@ export function sanitizeRequestHeaders(headers: IncomingHttpHeaders): void {
 /** Response headers that must not cross a hop (and that HTTP/2 forbids outright). */
 const RESPONSE_HOP_BY_HOP = new Set([
   'connection',
+  'te',
   'keep-alive',
   'proxy-connection',
   'transfer-encoding',

@@ -25,6 +25,12 @@ interface ExchangeBase {
   /** performance.now() when the request arrived. */
   readonly startedAt: number;
   readonly body: Readable;
+  /**
+   * Whether the request carries a body, read from its framing before header hygiene removes
+   * `Transfer-Encoding`: a non-zero Content-Length or any Transfer-Encoding (HTTP/1.1), or DATA
+   * to follow the HEADERS frame (HTTP/2).
+   */
+  readonly hasBody: boolean;
   readonly headersSent: boolean;
   /** The response status, once headers went out. */
   readonly status: number | undefined;
@@ -75,6 +81,7 @@ export function createH1Exchange(listener: string, req: IncomingMessage, res: Se
     remoteAddress: socket.remoteAddress,
     startedAt: performance.now(),
     body: req,
+    hasBody: req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0',
     get headersSent() {
       return res.headersSent;
     },
@@ -120,6 +127,7 @@ export function createH2Exchange(listener: string, stream: ServerHttp2Stream, he
     remoteAddress: socket.remoteAddress,
     startedAt: performance.now(),
     body: stream,
+    hasBody: !stream.endAfterHeaders,
     get headersSent() {
       return stream.headersSent;
     },
@@ -137,7 +145,11 @@ export function createH2Exchange(listener: string, stream: ServerHttp2Stream, he
       if (stream.destroyed || stream.closed) return;
       status = code;
       stream.respond({ ...responseHeaders, [h2.HTTP2_HEADER_STATUS]: code, 'content-length': Buffer.byteLength(body) });
-      stream.end(body);
+      stream.end(body, () => {
+        // Answered before the request ended (a refusal): RST_STREAM(NO_ERROR) tells the client to
+        // stop sending (RFC 9113 §8.1); otherwise its half of the stream would stay open.
+        if (!stream.readableEnded && !stream.closed) stream.close(h2.NGHTTP2_NO_ERROR);
+      });
     },
     abort() {
       // destroy(err) sends RST_STREAM(INTERNAL_ERROR); close() could end the stream cleanly instead.

@@ -18,6 +18,9 @@ import type { Metrics } from '../observability/metrics.js';
 import { TLS_SERVER_OPTIONS } from '../tenancy/tenant.js';
 import { createH1Exchange, createH2Exchange, type Exchange } from './exchange.js';
 
+/** How long an idle HTTP/2 session may take to finish after GOAWAY. */
+const IDLE_CLOSE_GRACE_MS = 5_000;
+
 export interface TlsListenerOptions {
   readonly name: string;
   readonly config: ListenerConfig;
@@ -72,7 +75,12 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
     sessions.add(session);
     session.once('close', () => sessions.delete(session));
     session.on('error', (err) => logger.debug({ listener: name, err }, 'http2 session error'));
-    session.setTimeout(config.idleTimeout, () => session.close());
+    // Idle: ask the client to go (GOAWAY), and end the session shortly after even if a stalled
+    // stream is still open; close() alone would wait for that stream forever.
+    session.setTimeout(config.idleTimeout, () => {
+      session.close();
+      setTimeout(() => session.destroy(), IDLE_CLOSE_GRACE_MS).unref();
+    });
   });
   h2.on('stream', (stream, headers) => {
     // Errors reach the forwarder or the renderer; a stream error must never become uncaught.

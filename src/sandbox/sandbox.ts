@@ -154,7 +154,6 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       clusters: tenant.clusters.map((c) => ({
         id: c.id,
         issuer: SANDBOX_ISSUER,
-        network: 'network1',
         jwks:
           c.jwks === 'url'
             ? { url: jwksServer.jwksUrl(c.id), ca: pki.clusterCa }
@@ -168,6 +167,10 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         ...(pathKeyFile === undefined ? {} : { pathKeyFile }),
       },
       debug: { authentication: ['token', 'clientCertificate'] },
+      // Certificate callers use meshgate's own istiod token: only the tenant's istio-system identities may.
+      access: {
+        debug: [{ method: 'token' }, { method: 'clientCertificate', uri: `spiffe://${hostOf(tenant.id)}/ns/istio-system/*` }],
+      },
     });
   }
 

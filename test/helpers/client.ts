@@ -95,12 +95,16 @@ function callH2(options: CallOptions): Promise<CallResult> {
   return new Promise((resolve, reject) => {
     const session = http2Connect(`https://127.0.0.1:${options.port}`, tlsOptions(options));
     session.on('error', reject);
-    const stream = session.request({
-      [h2.HTTP2_HEADER_METHOD]: options.method ?? 'GET',
-      [h2.HTTP2_HEADER_PATH]: options.path,
-      [h2.HTTP2_HEADER_AUTHORITY]: authority,
-      ...options.headers,
-    });
+    const stream = session.request(
+      {
+        [h2.HTTP2_HEADER_METHOD]: options.method ?? 'GET',
+        [h2.HTTP2_HEADER_PATH]: options.path,
+        [h2.HTTP2_HEADER_AUTHORITY]: authority,
+        ...options.headers,
+      },
+      // Node ends GET streams with the headers unless told that a body follows.
+      { endStream: options.body === undefined },
+    );
     let status = 0;
     let headers: CallResult['headers'] = {};
     const chunks: Buffer[] = [];

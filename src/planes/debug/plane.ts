@@ -69,6 +69,8 @@ export function createDebugPlane(): Plane<DebugState> {
       const { exchange, target } = context;
 
       if (exchange.method !== 'GET' && exchange.method !== 'HEAD') throw GET_ONLY;
+      // A body on a GET is how a second request gets smuggled to istiod behind the first.
+      if (exchange.hasBody) throw new MeshgateError('MG_ERR_REQUEST_BODY_UNEXPECTED', { message: 'debug requests take no body' });
       const endpoint = debugEndpoint(target.path);
       if (endpoint === undefined || isForbiddenEndpoint(endpoint) || !state.endpoints.has(endpoint)) {
         throw new MeshgateError('MG_ERR_AUTHZ_DEBUG_ENDPOINT', { message: `debug endpoint "${endpoint ?? target.path}" is not allowed` });

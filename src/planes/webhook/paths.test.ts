@@ -11,11 +11,11 @@ describe('parseWebhookPath', () => {
     ['/inject/net/network1/cluster/acme-east', 'inject', 'acme-east', 'network1'],
     ['/inject/cluster/acme-east/net/network1/', 'inject', 'acme-east', 'network1'],
     ['/inject/:ENV:cluster=acme-east:ENV:net=network1', 'inject', 'acme-east', 'network1'],
-    ['/inject/cluster/a--slash--b', 'inject', 'a/b', undefined],
   ])('%s', (path, kind, cluster, network) => {
     const parsed = parseWebhookPath(path);
     expect(parsed.kind).toBe(kind);
     expect(parsed.env.get(CLUSTER_ENV)).toBe(cluster);
+    expect(parsed.clusters).toEqual(cluster === undefined ? [] : [cluster]);
     expect(parsed.env.get('ISTIO_META_NETWORK')).toBe(network);
     expect(parsed.forwardPath).toBe(path);
     expect(parsed.pathKey).toBeUndefined();
@@ -26,6 +26,18 @@ describe('parseWebhookPath', () => {
     expect(parseWebhookPath('/inject/:ENV:ISTIO_META_CLUSTER_ID=globex-main').env.get(CLUSTER_ENV)).toBe('globex-main');
     expect(parseWebhookPath('/inject/rootpage/x').env.get('ROOTPAGE')).toBe('x');
   });
+
+  it('names every cluster istiod may read: "--slash--" as written and decoded', () => {
+    expect(parseWebhookPath('/inject/cluster/a--slash--b').clusters).toEqual(['a--slash--b', 'a/b']);
+    expect(parseWebhookPath('/inject/:ENV:cluster=a--slash--b').clusters).toEqual(['a--slash--b', 'a/b']);
+  });
+
+  it.each(['/inject/%C4%B1stio_meta_cluster_id/globex-main', '/inject/cluster/acme%2Deast', '/k/abc%41/inject', '/validate%3F'])(
+    'refuses percent-encoding in %s: istiod reads the decoded path',
+    (path) => {
+      expect(() => parseWebhookPath(path)).toThrow(expect.objectContaining({ code: 'MG_ERR_REQUEST_PATH_NOT_CANONICAL' }) as Error);
+    },
+  );
 
   it('strips a /k/<key> prefix and reports the key', () => {
     const parsed = parseWebhookPath('/k/s3cr3t-key_0123456789abcdef/inject/cluster/globex-main/net/n1');

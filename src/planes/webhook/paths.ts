@@ -3,7 +3,10 @@
  * becomes the `clusterid` every injected sidecar sends, so it must name one of the caller's own
  * clusters. Parameters are read as istiod reads them: `cluster` and `net` map to their env names,
  * any other key is upper-cased into one, so `/inject/istio_meta_cluster_id/x` names a cluster too.
- * Anything istiod would read ambiguously (a repeated env name, an odd segment) is rejected.
+ * Anything istiod would read ambiguously (a repeated env name, an odd segment) is rejected, and so
+ * is any percent-encoding: istiod reads the decoded path and upper-cases keys with Go's Unicode
+ * rules, so `/inject/%C4%B1stio_meta_cluster_id/x` (ı upper-cases to I) would name a cluster
+ * that meshgate did not see.
  *
  *   /inject                                   /validate
  *   /inject/cluster/<c>/net/<n>[/<k>/<v>…]    /validate/
@@ -17,8 +20,13 @@ export interface WebhookPath {
   /** The path to forward: the original without any `/k/<key>` prefix. */
   readonly forwardPath: string;
   readonly pathKey?: string;
-  /** Injection parameters by the env name istiod gives them, values `--slash--` decoded. */
+  /** Injection parameters by the env name istiod gives them, values as written. */
   readonly env: ReadonlyMap<string, string>;
+  /**
+   * Every value istiod may take the cluster to be: as written, and with `--slash--` read as "/"
+   * (Istio versions differ on whether they decode it). Each must be a cluster of the tenant.
+   */
+  readonly clusters: readonly string[];
 }
 
 /** The env var that carries the cluster id into every injected sidecar. */
@@ -29,6 +37,9 @@ const KEY_PREFIX = /^\/k\/([^/]+)(\/.*)$/;
 
 /** Parses a canonical path; throws MG_ERR_ROUTE_NOT_FOUND when it is not a webhook path. */
 export function parseWebhookPath(path: string): WebhookPath {
+  if (path.includes('%')) {
+    throw new MeshgateError('MG_ERR_REQUEST_PATH_NOT_CANONICAL', { message: 'webhook paths take no percent-encoding' });
+  }
   let rest = path;
   let pathKey: string | undefined;
   const keyed = KEY_PREFIX.exec(path);
@@ -42,8 +53,8 @@ export function parseWebhookPath(path: string): WebhookPath {
 }
 
 function parseUnkeyed(path: string): Omit<WebhookPath, 'forwardPath' | 'pathKey'> | undefined {
-  if (path === '/validate' || path === '/validate/') return { kind: 'validate', env: new Map() };
-  if (path === '/inject' || path === '/inject/') return { kind: 'inject', env: new Map() };
+  if (path === '/validate' || path === '/validate/') return { kind: 'validate', env: new Map(), clusters: [] };
+  if (path === '/inject' || path === '/inject/') return { kind: 'inject', env: new Map(), clusters: [] };
   if (!path.startsWith('/inject/')) return undefined;
 
   const tail = path.slice('/inject/'.length).replace(/\/$/, '');
@@ -64,7 +75,9 @@ function parseUnkeyed(path: string): Omit<WebhookPath, 'forwardPath' | 'pathKey'
   for (const [key, value] of pairs) {
     const name = PARAMETER_ENV[key] ?? key.toUpperCase();
     if (key === '' || env.has(name)) return undefined;
-    env.set(name, value.replaceAll('--slash--', '/'));
+    env.set(name, value);
   }
-  return { kind: 'inject', env };
+  const cluster = env.get(CLUSTER_ENV);
+  const clusters = cluster === undefined ? [] : [...new Set([cluster, cluster.replaceAll('--slash--', '/')])];
+  return { kind: 'inject', env, clusters };
 }

@@ -10,7 +10,7 @@ import { createPathKey } from '../../auth/path-key.js';
 import type { WebhookSettings } from '../../config/schema.js';
 import { parseGoDuration } from '../../config/units.js';
 import { MeshgateError } from '../../errors.js';
-import { declaredLength, readBody, type BodyBudget } from '../../http/body.js';
+import { createBodyBudget, declaredLength, readBody, type BodyBudget } from '../../http/body.js';
 import { queryParam } from '../../http/canonical-path.js';
 import { outboundHeaders } from '../../http/outbound.js';
 import { forwardHttp } from '../../forward/http.js';
@@ -18,7 +18,7 @@ import { createHttpUpstream, type HttpUpstream } from '../../forward/upstream.js
 import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
 import { createSourceCheck, type SourceCheck } from '../../policy/source-address.js';
 import type { Plane } from '../plane.js';
-import { CLUSTER_ENV, parseWebhookPath } from './paths.js';
+import { parseWebhookPath } from './paths.js';
 
 export interface WebhookState {
   readonly settings: WebhookSettings;
@@ -26,9 +26,12 @@ export interface WebhookState {
   readonly authorize: Authorizer;
   readonly checkSource: SourceCheck | undefined;
   readonly upstream: HttpUpstream;
+  /** This tenant's share of request bodies being read at once, so one tenant cannot starve the rest. */
+  readonly bodyBudget: BodyBudget;
 }
 
 export interface WebhookPlaneDeps {
+  /** The process-wide budget for request bodies being read at once. */
   readonly bodyBudget: BodyBudget;
 }
 
@@ -59,6 +62,7 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
         authorize: createAuthorizer(tenant.id, tenant.config.access.webhook),
         checkSource: createSourceCheck(settings.sourceCIDRs),
         upstream: createHttpUpstream(istiod.webhook, tenant.files, { allowLoopback: tenant.allowLoopbackUpstreams }),
+        bodyBudget: createBodyBudget(settings.maxBufferedBytes),
       };
     },
 
@@ -84,12 +88,22 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
         pathKey: path.pathKey,
       });
       state.authorize(context.authenticated.identity);
-      const cluster = path.env.get(CLUSTER_ENV);
-      if (cluster !== undefined && !tenant.clusters.has(cluster)) {
-        throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_CLUSTER', { detail: `injection path names cluster ${cluster}` });
+      const { identity } = context.authenticated;
+      for (const cluster of path.clusters) {
+        if (!tenant.clusters.has(cluster)) {
+          throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_CLUSTER', { detail: `injection path names cluster ${cluster}` });
+        }
+        // A token proves which cluster calls: its API server injects that cluster's pods only.
+        if (identity.cluster !== undefined && identity.cluster !== cluster) {
+          throw new MeshgateError('MG_ERR_AUTHZ_CLUSTER_MISMATCH', { detail: `token of ${identity.cluster} injecting into ${cluster}` });
+        }
       }
 
-      const { body, release } = await readBody(exchange.body, settings.maxBodySize, deps.bodyBudget);
+      const { body, release } = await readBody(exchange.body, {
+        maxBytes: settings.maxBodySize,
+        budgets: [state.bodyBudget, deps.bodyBudget],
+        deadlineMs: timeoutMs,
+      });
       try {
         const result = await forwardHttp(exchange, {
           upstream: state.upstream,
