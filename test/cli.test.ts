@@ -8,7 +8,7 @@ import { parse, stringify } from 'yaml';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { call } from './helpers/client.js';
 import { run, start } from './helpers/cli.js';
-import { startTestSandbox } from './helpers/sandbox.js';
+import { startTestSandbox, tenantOf } from './helpers/sandbox.js';
 
 const temp = (): string => mkdtempSync(join(tmpdir(), 'meshgate-cli-'));
 
@@ -113,8 +113,7 @@ describe('meshgate serve', () => {
       const [line] = await server.waitFor(/\{[^\n]*"msg":"meshgate is serving"[^\n]*\}/);
       const serving = JSON.parse(line) as { listeners: Record<string, { port: number }> };
       const port = serving.listeners.api?.port ?? 0;
-      const acme = sandbox.info.tenants.acme;
-      if (!acme) throw new Error('no acme');
+      const acme = tenantOf(sandbox, 'acme');
       const syncz = () =>
         call({ port, servername: acme.host, path: '/debug/syncz', headers: { authorization: `Bearer ${acme.tokens.debug}` }, ca: sandbox.info.caFile });
       expect((await syncz()).status).toBe(200);

@@ -7,7 +7,7 @@ import { normalizeHeaderName } from '../src/http/headers.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import type { RecordedRequest } from '../src/sandbox/standins/istiod.js';
 import { call, rawTls } from './helpers/client.js';
-import { admissionReview, drainIstiodRequests, startTestSandbox } from './helpers/sandbox.js';
+import { admissionReview, drainIstiodRequests, startTestSandbox, tenantOf } from './helpers/sandbox.js';
 
 let sandbox: Sandbox;
 beforeAll(async () => {
@@ -60,8 +60,7 @@ function rawRequest(lines: string[], body = ''): string {
 describe('header hygiene on the webhook plane', () => {
   it('removes spoofed trusted headers in any case and underscore spelling (HTTP/1.1, raw)', async () => {
     drainIstiodRequests(sandbox);
-    const acme = sandbox.info.tenants.acme;
-    if (!acme) throw new Error('no acme');
+    const acme = tenantOf(sandbox, 'acme');
     const body = admissionReview('hygiene-h1');
     const { text, closedByServer } = await rawTls(
       { port: sandbox.info.listeners.webhook.port, servername: acme.host, ca: sandbox.info.caFile, cert: acme.clientCert, key: acme.clientKey },
@@ -88,8 +87,7 @@ describe('header hygiene on the webhook plane', () => {
 
   it('removes them over HTTP/2 too', async () => {
     drainIstiodRequests(sandbox);
-    const acme = sandbox.info.tenants.acme;
-    if (!acme) throw new Error('no acme');
+    const acme = tenantOf(sandbox, 'acme');
     const headers = Object.fromEntries(SPOOFED.map(([n, v]) => [n.toLowerCase(), v]));
     const res = await call({
       protocol: 'h2',
@@ -109,8 +107,7 @@ describe('header hygiene on the webhook plane', () => {
 
   it('sets its headers even when the client sends Expect: 100-continue (which skips http-proxy\'s proxyReq)', async () => {
     drainIstiodRequests(sandbox);
-    const acme = sandbox.info.tenants.acme;
-    if (!acme) throw new Error('no acme');
+    const acme = tenantOf(sandbox, 'acme');
     const body = admissionReview('hygiene-expect');
     const { text } = await rawTls(
       { port: sandbox.info.listeners.webhook.port, servername: acme.host, ca: sandbox.info.caFile, cert: acme.clientCert, key: acme.clientKey },
@@ -136,8 +133,7 @@ describe('header hygiene on the webhook plane', () => {
 
   it('rejects a Connection header that names a header meshgate protects, before it reaches anyone', async () => {
     drainIstiodRequests(sandbox);
-    const acme = sandbox.info.tenants.acme;
-    if (!acme) throw new Error('no acme');
+    const acme = tenantOf(sandbox, 'acme');
     for (const named of ['clusterid', 'Impersonate-User', 'x_forwarded_for', 'authorization']) {
       const body = admissionReview('hop');
       const { text } = await rawTls(
@@ -163,8 +159,7 @@ describe('header hygiene on the webhook plane', () => {
 describe('header hygiene on the debug plane', () => {
   it('replaces clusterid and passes only the verified token', async () => {
     drainIstiodRequests(sandbox);
-    const globex = sandbox.info.tenants.globex;
-    if (!globex) throw new Error('no globex');
+    const globex = tenantOf(sandbox, 'globex');
     const { text } = await rawTls(
       { port: sandbox.info.listeners.api.port, servername: globex.host, ca: sandbox.info.caFile },
       rawRequest([

@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { call, type Protocol } from './helpers/client.js';
-import { admissionReview, drainIstiodRequests, startTestSandbox } from './helpers/sandbox.js';
+import { admissionReview, drainIstiodRequests, startTestSandbox, tenantOf } from './helpers/sandbox.js';
 
 interface Credential {
   readonly name: string;
@@ -147,8 +147,7 @@ describe.each(['h1', 'h2'] as const)('isolation matrix over %s', (protocol) => {
 describe('what an allowed call carries upstream', () => {
   it('pins clusterid on the debug plane to the cluster whose issuer verified the token', async () => {
     drainIstiodRequests(sandbox);
-    const acme = sandbox.info.tenants.acme;
-    if (!acme) throw new Error('no acme');
+    const acme = tenantOf(sandbox, 'acme');
     const res = await call({
       port: sandbox.info.listeners.api.port,
       servername: acme.host,
@@ -165,8 +164,7 @@ describe('what an allowed call carries upstream', () => {
 
   it("sends the tenant's own istiod token for a certificate caller, never another tenant's", async () => {
     drainIstiodRequests(sandbox);
-    const globex = sandbox.info.tenants.globex;
-    if (!globex) throw new Error('no globex');
+    const globex = tenantOf(sandbox, 'globex');
     const res = await call({
       port: sandbox.info.listeners.api.port,
       servername: globex.host,
@@ -183,8 +181,8 @@ describe('what an allowed call carries upstream', () => {
 
   it('strips the caller token and the path key from webhook calls', async () => {
     drainIstiodRequests(sandbox);
-    const { acme, globex } = sandbox.info.tenants;
-    if (!acme || !globex) throw new Error('sandbox tenants missing');
+    const acme = tenantOf(sandbox, 'acme');
+    const globex = tenantOf(sandbox, 'globex');
     await call({
       port: sandbox.info.listeners.webhook.port,
       servername: acme.host,

@@ -10,7 +10,7 @@ import { ConfigError } from '../src/config/issues.js';
 import { loadConfig } from '../src/config/load.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { call } from './helpers/client.js';
-import { admissionReview, capturingLogger, startTestSandbox } from './helpers/sandbox.js';
+import { admissionReview, capturingLogger, startTestSandbox, tenantOf } from './helpers/sandbox.js';
 
 const capture = capturingLogger();
 let sandbox: Sandbox;
@@ -24,11 +24,7 @@ const admin = async (path: string, method = 'GET') => {
   return { status: res.status, text: await res.text(), type: res.headers.get('content-type') };
 };
 
-const tenant = (id: 'acme' | 'globex') => {
-  const t = sandbox.info.tenants[id];
-  if (!t) throw new Error(`no ${id}`);
-  return t;
-};
+const tenant = (id: 'acme' | 'globex') => tenantOf(sandbox, id);
 
 const debugCall = (id: 'acme' | 'globex', token: string) =>
   call({

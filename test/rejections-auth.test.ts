@@ -9,7 +9,7 @@ import { createIssuer } from '../src/sandbox/issuer.js';
 import { createCertificateAuthority, issueCertificate } from '../src/pki/certificates.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { call, rawTls, type CallOptions } from './helpers/client.js';
-import { admissionReview, drainIstiodRequests, startGatewayFrom, startTestSandbox } from './helpers/sandbox.js';
+import { admissionReview, drainIstiodRequests, expectNothingReachedIstiod, startGatewayFrom, startTestSandbox, tenantOf } from './helpers/sandbox.js';
 import { closedPort } from './helpers/upstream.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,15 +20,9 @@ beforeAll(async () => {
   sandbox = await startTestSandbox();
 });
 afterAll(() => sandbox.close());
-afterEach(() => {
-  expect([...drainIstiodRequests(sandbox).values()].flat().map((r) => `${r.method} ${r.url}`)).toEqual([]);
-});
+afterEach(() => expectNothingReachedIstiod(sandbox));
 
-const tenant = (id: 'acme' | 'globex') => {
-  const t = sandbox.info.tenants[id];
-  if (!t) throw new Error(`no ${id}`);
-  return t;
-};
+const tenant = (id: 'acme' | 'globex') => tenantOf(sandbox, id);
 
 function debug(id: 'acme' | 'globex', change: Partial<CallOptions> = {}, port = sandbox.info.listeners.api.port) {
   return call({ port, servername: tenant(id).host, path: '/debug/syncz', ca: sandbox.info.caFile, ...change });

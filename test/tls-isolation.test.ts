@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { connect, type SecureVersion, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
-import { startTestSandbox } from './helpers/sandbox.js';
+import { startTestSandbox, tenantOf } from './helpers/sandbox.js';
 
 let sandbox: Sandbox;
 beforeAll(async () => {
@@ -24,8 +24,7 @@ interface Exchange {
 
 /** One TLS connection: an HTTP/1.1 GET /version with a debug token, optionally resuming `session`. */
 function exchange(servername: string, version: SecureVersion, session?: Buffer): Promise<Exchange> {
-  const acme = sandbox.info.tenants.acme;
-  if (!acme) throw new Error('no acme');
+  const acme = tenantOf(sandbox, 'acme');
   return new Promise((resolve, reject) => {
     let captured: Buffer | undefined;
     let reused = false;
@@ -57,8 +56,8 @@ function exchange(servername: string, version: SecureVersion, session?: Buffer):
 
 describe.each(['TLSv1.2', 'TLSv1.3'] as const)('session resumption over %s', (version) => {
   it("never resumes a session, so acme's certificate cannot ride into globex's tenant", async () => {
-    const { acme, globex } = sandbox.info.tenants;
-    if (!acme || !globex) throw new Error('sandbox tenants missing');
+    const acme = tenantOf(sandbox, 'acme');
+    const globex = tenantOf(sandbox, 'globex');
     const first = await exchange(acme.host, version);
     expect(first.response).toMatch(/^HTTP\/1\.1 200/);
 

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { refuseLoopback } from '../src/forward/upstream.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { call, type CallOptions } from './helpers/client.js';
-import { admissionReview, startGatewayFrom, startTestSandbox, type ExtraGateway } from './helpers/sandbox.js';
+import { admissionReview, startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
 import { closedPort, startHttpUpstream, type TestUpstream } from './helpers/upstream.js';
 
 let sandbox: Sandbox;
@@ -20,11 +20,7 @@ beforeAll(async () => {
 });
 afterAll(() => sandbox.close());
 
-const acme = () => {
-  const t = sandbox.info.tenants.acme;
-  if (!t) throw new Error('no acme');
-  return t;
-};
+const acme = () => tenantOf(sandbox, 'acme');
 
 const inject = (gateway: ExtraGateway, change: Partial<CallOptions> = {}) =>
   call({

@@ -5,6 +5,7 @@
  */
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { listen } from '../listener/listen.js';
 import type { Metrics } from '../observability/metrics.js';
 
 export interface AdminServerOptions {
@@ -51,14 +52,7 @@ export function createAdminServer(options: AdminServerOptions): AdminServer {
   server.keepAliveTimeout = 5_000;
 
   return {
-    listen: () =>
-      new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(options.port, options.host, () => {
-          server.off('error', reject);
-          resolve(server.address() as AddressInfo);
-        });
-      }),
+    listen: () => listen(server, options.host, options.port),
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections();

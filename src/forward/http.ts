@@ -2,7 +2,7 @@
  * Forwarding an HTTP request to an HTTP/1.1 upstream. Chosen by the inbound protocol:
  *  - HTTP/1.1 in: http-proxy-3. Outbound headers are put on `req.headers` before `proxy.web()`,
  *    never in a `proxyReq` handler, which http-proxy skips when the request has `Expect:`.
- *  - HTTP/2 in: a request of our own per stream, piping both ways.
+ *  - HTTP/2 in: a request of our own per stream, its answer piped back to the stream.
  * Either way: one deadline for the whole exchange, errors before the response headers become a
  * MeshgateError for the plane to render, and a failure after them cuts the response off so it can
  * never look complete.

@@ -17,6 +17,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { TLS_SERVER_OPTIONS } from '../tenancy/tenant.js';
 import { createH1Exchange, createH2Exchange, type Exchange } from './exchange.js';
+import { listen } from './listen.js';
 
 /** How long an idle HTTP/2 session may take to finish after GOAWAY. */
 const IDLE_CLOSE_GRACE_MS = 5_000;
@@ -36,7 +37,6 @@ export interface TlsListenerOptions {
 export interface TlsListener {
   readonly name: string;
   listen(): Promise<AddressInfo>;
-  address(): AddressInfo | undefined;
   /** Stops accepting, asks open connections to finish (GOAWAY for HTTP/2), and ends them after the grace. */
   close(graceMs: number): Promise<void>;
 }
@@ -119,15 +119,7 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
 
   return {
     name,
-    listen: () =>
-      new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(config.port, config.host, () => {
-          server.off('error', reject);
-          resolve(server.address() as AddressInfo);
-        });
-      }),
-    address: () => (server.listening ? (server.address() as AddressInfo) : undefined),
+    listen: () => listen(server, config.host, config.port),
     async close(graceMs) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const session of sessions) session.close();

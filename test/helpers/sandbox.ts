@@ -6,7 +6,8 @@ import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { buildGateway, type Gateway, type GatewayAddresses } from '../../src/gateway/build.js';
 import { createLogger, type Logger } from '../../src/observability/logger.js';
-import { sampleAdmissionReview, startSandbox, type Sandbox } from '../../src/sandbox/sandbox.js';
+import { expect } from 'vitest';
+import { sampleAdmissionReview, startSandbox, type Sandbox, type SandboxTenantInfo } from '../../src/sandbox/sandbox.js';
 import type { RecordedRequest } from '../../src/sandbox/standins/istiod.js';
 
 export const silent = (): Logger => createLogger('silent');
@@ -66,4 +67,16 @@ export function drainIstiodRequests(sandbox: Sandbox): Map<string, RecordedReque
   const seen = new Map<string, RecordedRequest[]>();
   for (const [tenant, istiod] of sandbox.istiods) seen.set(tenant, istiod.requests.splice(0));
   return seen;
+}
+
+/** A sandbox tenant's endpoints and credentials (sandbox.json's `tenants.<id>`). */
+export function tenantOf(sandbox: Sandbox, id: 'acme' | 'globex'): SandboxTenantInfo {
+  const tenant = sandbox.info.tenants[id];
+  if (!tenant) throw new Error(`the sandbox has no tenant ${id}`);
+  return tenant;
+}
+
+/** Asserts that no stand-in istiod received anything since the last drain. */
+export function expectNothingReachedIstiod(sandbox: Sandbox): void {
+  expect([...drainIstiodRequests(sandbox).values()].flat().map((r) => `${r.method} ${r.url}`)).toEqual([]);
 }

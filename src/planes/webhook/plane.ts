@@ -79,7 +79,10 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
       if (exchange.method !== 'POST') throw POST_ONLY;
       checkContentType(exchange.headers['content-type']);
       declaredLength(exchange.headers['content-length'], settings.maxBodySize);
-      const timeoutMs = deadline(target.query, settings);
+      // One deadline for the whole call, as the kube-apiserver has: reading the body and
+      // istiod's answer share it.
+      const deadlineAt = exchange.startedAt + deadline(target.query, settings);
+      const remainingMs = (): number => Math.max(1, Math.round(deadlineAt - performance.now()));
 
       state.checkSource?.(exchange.remoteAddress);
       context.authenticated = await state.authenticate({
@@ -102,7 +105,7 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
       const { body, release } = await readBody(exchange.body, {
         maxBytes: settings.maxBodySize,
         budgets: [state.bodyBudget, deps.bodyBudget],
-        deadlineMs: timeoutMs,
+        deadlineMs: remainingMs(),
       });
       try {
         const result = await forwardHttp(exchange, {
@@ -110,7 +113,7 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
           path: target.query === undefined ? path.forwardPath : `${path.forwardPath}?${target.query}`,
           headers: outboundHeaders(exchange, { 'content-length': String(body.length) }),
           body,
-          timeoutMs,
+          timeoutMs: remainingMs(),
         });
         context.upstreamStatus = result.status;
         if (result.error) context.error = result.error;
@@ -121,9 +124,9 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
   };
 }
 
-/** istiod takes `application/json` and nothing else (it answers 415 itself otherwise). */
+/** istiod takes `application/json`, exactly, and nothing else (it answers 415 itself otherwise). */
 function checkContentType(value: string | undefined): void {
-  if (value?.trim().toLowerCase() !== 'application/json') {
+  if (value !== 'application/json') {
     throw new MeshgateError('MG_ERR_REQUEST_CONTENT_TYPE', { message: 'webhooks take Content-Type: application/json only' });
   }
 }

@@ -9,7 +9,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server } f
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { decodeJwt } from 'jose';
-import { listen } from './listen.js';
+import { listen } from '../../listener/listen.js';
 
 export interface RecordedRequest {
   readonly server: 'webhook' | 'debug';

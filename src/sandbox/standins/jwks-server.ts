@@ -6,7 +6,7 @@
 import { createServer } from 'node:https';
 import type { Issuer } from '../issuer.js';
 import { closeServer } from './istiod.js';
-import { listen } from './listen.js';
+import { listen } from '../../listener/listen.js';
 
 export interface JwksServer {
   readonly url: string;

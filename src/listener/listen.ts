@@ -1,7 +1,6 @@
-import type { Server } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Server } from 'node:net';
 
-/** Listens on an ephemeral port of `host`. */
+/** Starts `server` on `host:port` (0: a free port) and resolves with the address it got. */
 export function listen(server: Server, host: string, port = 0): Promise<AddressInfo> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
