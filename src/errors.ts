@@ -34,6 +34,7 @@ export const ERROR_CODES = {
   MG_ERR_ROUTE_UNKNOWN_HOST: spec(421, GRPC.UNAUTHENTICATED, 'no tenant is served under this server name'),
   MG_ERR_ROUTE_HOST_MISMATCH: spec(421, GRPC.PERMISSION_DENIED, 'Host or :authority names a different host than the TLS server name'),
   MG_ERR_ROUTE_NOT_FOUND: spec(404, GRPC.UNIMPLEMENTED, 'no plane on this listener serves this path'),
+  MG_ERR_ROUTE_UNKNOWN_METHOD: spec(404, GRPC.UNIMPLEMENTED, 'meshgate does not forward this gRPC method'),
   MG_ERR_ROUTE_UNKNOWN_CLUSTER: spec(403, GRPC.PERMISSION_DENIED, 'the cluster named in the request is not a cluster of this tenant'),
 
   // Request shape: rejected before anything is forwarded.
@@ -47,6 +48,7 @@ export const ERROR_CODES = {
   MG_ERR_REQUEST_BODY_TOO_LARGE: spec(413, GRPC.RESOURCE_EXHAUSTED, 'request body is too large'),
   MG_ERR_REQUEST_BAD_TIMEOUT: spec(400, GRPC.INVALID_ARGUMENT, 'invalid timeout query parameter'),
   MG_ERR_REQUEST_BODY_UNEXPECTED: spec(400, GRPC.INVALID_ARGUMENT, 'this request may not have a body'),
+  MG_ERR_REQUEST_NOT_GRPC: spec(415, GRPC.INVALID_ARGUMENT, 'the xds plane takes gRPC over HTTP/2 only'),
   MG_ERR_REQUEST_UPGRADE: spec(400, GRPC.INVALID_ARGUMENT, 'protocol upgrade is not supported on this plane'),
   MG_ERR_REQUEST_BUSY: spec(503, GRPC.RESOURCE_EXHAUSTED, 'too many request bodies in flight; retry'),
 
@@ -74,6 +76,11 @@ export const ERROR_CODES = {
   MG_ERR_UPSTREAM_TIMEOUT: spec(504, GRPC.DEADLINE_EXCEEDED, 'upstream did not answer in time'),
   MG_ERR_UPSTREAM_RESET: spec(502, GRPC.UNAVAILABLE, 'upstream closed the connection'),
   MG_ERR_UPSTREAM_LOOPBACK: spec(502, GRPC.FAILED_PRECONDITION, 'upstream resolves to a loopback address'),
+
+  // Limits: what one tenant, or the gateway, may hold at once.
+  MG_ERR_LIMIT_CONNECTIONS: spec(503, GRPC.RESOURCE_EXHAUSTED, 'the tenant has too many connections open'),
+  MG_ERR_LIMIT_STREAMS: spec(429, GRPC.RESOURCE_EXHAUSTED, 'the tenant has too many requests or streams open'),
+  MG_ERR_SHUTTING_DOWN: spec(503, GRPC.UNAVAILABLE, 'meshgate is shutting down; reconnect'),
 
   MG_ERR_INTERNAL: spec(500, GRPC.INTERNAL, 'internal error'),
 } as const satisfies Record<string, CodeSpec>;

@@ -47,7 +47,7 @@ describe('docs/configuration.md', () => {
   const doc = read('docs/configuration.md');
 
   it('documents every field of the schema', () => {
-    const paths = [...fieldPaths(configSchema)].map((p) => p.replace(/^tenants\[\]\.access\.(webhook|debug)/, 'tenants[].access.<plane>'));
+    const paths = [...fieldPaths(configSchema)].map((p) => p.replace(/^tenants\[\]\.access\.(webhook|debug|xds)/, 'tenants[].access.<plane>'));
     const missing = [...new Set(paths)].filter((p) => !doc.includes(`\`${p}\``));
     expect(missing).toEqual([]);
   });
@@ -57,7 +57,7 @@ describe('docs/configuration.md', () => {
     expect(example).toBeDefined();
     const config = parseConfig(example ?? '');
     expect(config.tenants.map((t) => t.id)).toEqual(['acme', 'globex']);
-    expect(Object.keys(config.listeners)).toEqual(['webhook', 'api']);
+    expect(Object.keys(config.listeners)).toEqual(['webhook', 'api', 'xds']);
   });
 });
 

@@ -52,10 +52,12 @@ export function readConfigFiles(config: Config, baseDir: string): { config: Conf
     t.tls.cert = use(at('tls', 'cert'), t.tls.cert, 'certificate');
     t.tls.key = use(at('tls', 'key'), t.tls.key, 'key');
     if (t.tls.clientCA !== undefined) t.tls.clientCA = use(at('tls', 'clientCA'), t.tls.clientCA, 'bundle');
-    const { webhook, debug } = t.istiod;
+    const { webhook, debug, xds } = t.istiod;
     if (webhook?.ca !== undefined) webhook.ca = use(at('istiod', 'webhook', 'ca'), webhook.ca, 'bundle');
     if (debug?.ca !== undefined) debug.ca = use(at('istiod', 'debug', 'ca'), debug.ca, 'bundle');
     if (debug?.token !== undefined) debug.token.file = use(at('istiod', 'debug', 'token', 'file'), debug.token.file, 'secret');
+    if (xds?.ca !== undefined) xds.ca = use(at('istiod', 'xds', 'ca'), xds.ca, 'bundle');
+    if (xds?.token !== undefined) xds.token.file = use(at('istiod', 'xds', 'token', 'file'), xds.token.file, 'secret');
     t.clusters.forEach((c, j) => {
       const { jwks } = c;
       if (jwks.file !== undefined) jwks.file = use(at('clusters', j, 'jwks', 'file'), jwks.file, 'jwks');

@@ -128,6 +128,30 @@ describe('parseConfig', () => {
     ]);
   });
 
+  it("checks the xds upstream: one of url or replicas, https only, keepalive no closer than istiod's ping policy allows", () => {
+    const xds = (upstream: Record<string, unknown>) =>
+      tenant('acme', { istiod: { webhook: { url: 'https://istiod.acme-cp.svc:15017' }, xds: upstream } });
+    expect(problems(base({ tenants: [xds({ url: 'https://istiod.acme-cp.svc:15012' })] }))).toEqual([]);
+    expect(problems(base({ tenants: [xds({ replicas: ['https://10.0.0.1:15012', 'https://10.0.0.2:15012'] })] }))).toEqual([]);
+    expect(problems(base({ tenants: [xds({})] }))).toEqual(['tenants[0].istiod.xds: set either "url" or "replicas"']);
+    expect(problems(base({ tenants: [xds({ url: 'http://istiod.acme-cp.svc:15012' })] }))).toHaveLength(1);
+    expect(problems(base({ tenants: [xds({ replicas: ['https://10.0.0.1:15012'], discovery: 'dns' })] }))).toEqual([
+      'tenants[0].istiod.xds: discovery "dns" resolves the host of "url": set "url"',
+    ]);
+    expect(problems(base({ tenants: [xds({ url: 'https://istiod.acme-cp.svc:15012', keepaliveInterval: '10s' })] }))).toEqual([
+      'tenants[0].istiod.xds.keepaliveInterval: istiod answers pings closer than 15 s apart with GOAWAY; use at least "30s"',
+    ]);
+    expect(problems(base({ tenants: [xds({ url: 'https://127.0.0.1:15012' })] }))).toHaveLength(1);
+  });
+
+  it('requires istiod.xds.token, and rules, when certificate callers may use the xds plane', () => {
+    const upstream = { webhook: { url: 'https://istiod.acme-cp.svc:15017' }, xds: { url: 'https://istiod.acme-cp.svc:15012' } };
+    expect(problems(base({ tenants: [tenant('acme', { istiod: upstream, xds: { authentication: ['token', 'clientCertificate'] } })] }))).toEqual([
+      'tenants[0].istiod.xds.token: xds authentication includes "clientCertificate": istiod needs a token for such callers, so set istiod.xds.token',
+      'tenants[0].access.xds: xds authentication includes "clientCertificate", and such callers use meshgate\'s istiod token: set access.xds rules that say which may',
+    ]);
+  });
+
   it('parses durations and sizes, and says what it expected', () => {
     expect(problems(base({ auth: { clockTolerance: 'soon' } }))).toEqual([
       'auth.clockTolerance: "soon" is not a duration: use e.g. "500ms", "10s", "5m"',

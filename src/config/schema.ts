@@ -46,7 +46,7 @@ const hostPattern = z
 
 const port = z.number().int().min(0).max(65535);
 
-export const PLANES = ['webhook', 'debug'] as const;
+export const PLANES = ['webhook', 'debug', 'xds'] as const;
 export type PlaneName = (typeof PLANES)[number];
 
 export const AUTH_METHODS = ['clientCertificate', 'token', 'pathKey'] as const;
@@ -58,10 +58,45 @@ const upstream = z.strictObject({
   serverName: z.string().optional(),
 });
 
-const debugUpstream = upstream.extend({
-  /** meshgate's own istiod token, sent for callers that authenticated with a client certificate. */
-  token: z.strictObject({ file, cluster: clusterId }).optional(),
-});
+/** meshgate's own istiod token, sent for callers that authenticated with a client certificate. */
+const ownToken = z.strictObject({ file, cluster: clusterId });
+
+const debugUpstream = upstream.extend({ token: ownToken.optional() });
+
+const xdsUrl = z.url({ protocol: /^https$/ });
+
+/** istiod's gRPC port (15012): one URL, a list of replicas, or one name resolved to every replica. */
+const xdsUpstream = z
+  .strictObject({
+    url: xdsUrl.optional(),
+    replicas: z.array(xdsUrl).min(1).optional(),
+    discovery: z.enum(['static', 'dns']).default('static'),
+    dnsRefreshInterval: duration.default(30_000),
+    ca: file.optional(),
+    serverName: z.string().optional(),
+    token: ownToken.optional(),
+    maxStreamsPerSession: z.number().int().min(1).max(100_000).default(1_000),
+    keepaliveInterval: duration.default(30_000),
+    keepaliveTimeout: duration.default(10_000),
+    connectTimeout: duration.default(2_000),
+  })
+  .check((ctx) => {
+    const { url, replicas, discovery, keepaliveInterval } = ctx.value;
+    if ((url === undefined) === (replicas === undefined)) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: 'set either "url" or "replicas"' });
+    }
+    if (discovery === 'dns' && url === undefined) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: 'discovery "dns" resolves the host of "url": set "url"' });
+    }
+    if (keepaliveInterval < 30_000) {
+      ctx.issues.push({
+        code: 'custom',
+        input: ctx.value,
+        path: ['keepaliveInterval'],
+        message: 'istiod answers pings closer than 15 s apart with GOAWAY; use at least "30s"',
+      });
+    }
+  });
 
 const jwks = z
   .strictObject({
@@ -116,15 +151,37 @@ const debugSettings = z.strictObject({
   timeout: duration.default(30_000),
 });
 
+const xdsSettings = z.strictObject({
+  authentication: z
+    .array(z.enum(['clientCertificate', 'token']))
+    .min(1)
+    .default(['token']),
+  audiences: z.array(z.string().min(1)).min(1).default(['istio-ca']),
+});
+
+/** What one tenant may hold at once, across listeners and planes. */
+const limits = z.strictObject({
+  connections: z.number().int().positive().default(10_000),
+  streams: z.number().int().positive().default(20_000),
+});
+
 const tenant = z.strictObject({
   id: name,
   hosts: z.array(hostPattern).min(1),
   tls: z.strictObject({ cert: file, key: file, clientCA: file.optional() }),
-  istiod: z.strictObject({ webhook: upstream.optional(), debug: debugUpstream.optional() }),
+  istiod: z.strictObject({ webhook: upstream.optional(), debug: debugUpstream.optional(), xds: xdsUpstream.optional() }),
   clusters: z.array(cluster).min(1),
   webhook: webhookSettings.optional(),
   debug: debugSettings.default({ authentication: ['token'], audiences: ['istio-ca'], timeout: 30_000 }),
-  access: z.strictObject({ webhook: z.array(accessRule).optional(), debug: z.array(accessRule).optional() }).default({}),
+  xds: xdsSettings.default({ authentication: ['token'], audiences: ['istio-ca'] }),
+  limits: limits.default({ connections: 10_000, streams: 20_000 }),
+  access: z
+    .strictObject({
+      webhook: z.array(accessRule).optional(),
+      debug: z.array(accessRule).optional(),
+      xds: z.array(accessRule).optional(),
+    })
+    .default({}),
 });
 
 const listener = z.strictObject({
@@ -140,8 +197,13 @@ const listener = z.strictObject({
   idleTimeout: duration.default(300_000),
   maxHeaderSize: size.default(16 * 1024),
   http2: z
-    .strictObject({ maxConcurrentStreams: z.number().int().positive().default(100) })
-    .default({ maxConcurrentStreams: 100 }),
+    .strictObject({
+      maxConcurrentStreams: z.number().int().positive().default(100),
+      /** Per-session nghttp2 memory cap, in MiB: beyond it new streams are refused. */
+      maxSessionMemory: z.number().int().positive().default(32),
+      initialWindowSize: z.number().int().min(65_535).max(2 ** 31 - 1).default(65_535),
+    })
+    .default({ maxConcurrentStreams: 100, maxSessionMemory: 32, initialWindowSize: 65_535 }),
 });
 
 export const configSchema = z
@@ -185,6 +247,8 @@ export type TenantConfig = Config['tenants'][number];
 export type ClusterConfig = TenantConfig['clusters'][number];
 export type ListenerConfig = Config['listeners'][string];
 export type UpstreamConfig = z.output<typeof upstream>;
+export type XdsUpstreamConfig = z.output<typeof xdsUpstream>;
+export type XdsSettings = z.output<typeof xdsSettings>;
 export type AccessRule = z.output<typeof accessRule>;
 export type WebhookSettings = z.output<typeof webhookSettings>;
 export type DebugSettings = z.output<typeof debugSettings>;
@@ -236,20 +300,23 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
         report(at('tls', 'clientCA'), 'webhook authentication includes "clientCertificate", so a client CA is required');
       }
     }
-    if (t.debug.authentication.includes('clientCertificate')) {
+    // Certificate callers of the planes that talk to istiod need meshgate's own istiod token
+    // (istiod sees meshgate, not the caller's certificate), and rules saying who may use it.
+    for (const plane of ['debug', 'xds'] as const) {
+      if (!t[plane].authentication.includes('clientCertificate')) continue;
       if (t.tls.clientCA === undefined) {
-        report(at('tls', 'clientCA'), 'debug authentication includes "clientCertificate", so a client CA is required');
+        report(at('tls', 'clientCA'), `${plane} authentication includes "clientCertificate", so a client CA is required`);
       }
-      if (t.istiod.debug?.token === undefined) {
+      if (t.istiod[plane]?.token === undefined) {
         report(
-          at('istiod', 'debug', 'token'),
-          'debug authentication includes "clientCertificate": istiod needs a token for such callers, so set istiod.debug.token',
+          at('istiod', plane, 'token'),
+          `${plane} authentication includes "clientCertificate": istiod needs a token for such callers, so set istiod.${plane}.token`,
         );
       }
-      if (t.access.debug === undefined) {
+      if (t.access[plane] === undefined) {
         report(
-          at('access', 'debug'),
-          'debug authentication includes "clientCertificate", and such callers use meshgate\'s istiod token: set access.debug rules that say which may',
+          at('access', plane),
+          `${plane} authentication includes "clientCertificate", and such callers use meshgate's istiod token: set access.${plane} rules that say which may`,
         );
       }
     }
@@ -258,9 +325,11 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
         report(at('debug', 'endpoints', e), `"${endpoint}" changes istiod's state or costs it heavily; meshgate never forwards it`);
       }
     });
-    const debugTokenCluster = t.istiod.debug?.token?.cluster;
-    if (debugTokenCluster !== undefined && !clusterIds.has(debugTokenCluster)) {
-      report(at('istiod', 'debug', 'token', 'cluster'), `"${debugTokenCluster}" is not a cluster of this tenant`);
+    for (const plane of ['debug', 'xds'] as const) {
+      const tokenCluster = t.istiod[plane]?.token?.cluster;
+      if (tokenCluster !== undefined && !clusterIds.has(tokenCluster)) {
+        report(at('istiod', plane, 'token', 'cluster'), `"${tokenCluster}" is not a cluster of this tenant`);
+      }
     }
     for (const plane of PLANES) {
       t.access[plane]?.forEach((rule, r) => {
@@ -271,11 +340,16 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
     }
 
     if (!config.security.allowLoopbackUpstreams) {
-      for (const plane of PLANES) {
-        const target = t.istiod[plane];
-        if (target && isLoopbackHost(new URL(target.url).hostname)) {
+      const targets: [PropertyKey[], string | undefined][] = [
+        [['webhook', 'url'], t.istiod.webhook?.url],
+        [['debug', 'url'], t.istiod.debug?.url],
+        [['xds', 'url'], t.istiod.xds?.url],
+        ...(t.istiod.xds?.replicas ?? []).map((url, r): [PropertyKey[], string] => [['xds', 'replicas', r], url]),
+      ];
+      for (const [path, url] of targets) {
+        if (url !== undefined && isLoopbackHost(new URL(url).hostname)) {
           report(
-            at('istiod', plane, 'url'),
+            at('istiod', ...path),
             'istiod trusts loopback callers fully, so meshgate never reaches it over loopback ' +
               '(security.allowLoopbackUpstreams exists for the sandbox only)',
           );
