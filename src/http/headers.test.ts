@@ -53,6 +53,16 @@ describe('sanitizeRequestHeaders', () => {
     },
   );
 
+  it('reports the trusted headers it removed, by normalised name, every value kept', () => {
+    const headers = { clusterid: 'a', ClusterID: 'b', x_forwarded_for: '10.0.0.1', accept: '*/*' };
+    expect(sanitizeRequestHeaders(headers)).toEqual(
+      new Map([
+        ['clusterid', ['a', 'b']],
+        ['x-forwarded-for', ['10.0.0.1']],
+      ]),
+    );
+  });
+
   it('keeps ordinary headers and HTTP/2 pseudo-headers', () => {
     const headers = { ':path': '/inject', ':method': 'POST', 'content-type': 'application/json', authorization: 'Bearer x' };
     expect(sanitized(headers)).toEqual(headers);

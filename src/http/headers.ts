@@ -49,8 +49,15 @@ function isProtected(normalized: string): boolean {
   return SET_BY_MESHGATE.has(normalized) || isTrustedByUpstreams(normalized);
 }
 
-/** Removes, in place, everything listed above. Throws MG_ERR_REQUEST_HOP_BY_HOP. */
-export function sanitizeRequestHeaders(headers: IncomingHttpHeaders): void {
+/**
+ * What a client claimed in headers upstreams trust, by normalised name. Never forwarded; a plane
+ * may judge a claim (the xDS plane refuses a `clusterid` that is not the caller's).
+ */
+export type StrippedHeaders = ReadonlyMap<string, readonly string[]>;
+
+/** Removes, in place, everything listed above, and returns the trusted ones it removed. Throws MG_ERR_REQUEST_HOP_BY_HOP. */
+export function sanitizeRequestHeaders(headers: IncomingHttpHeaders): StrippedHeaders {
+  const stripped = new Map<string, string[]>();
   const named = new Set<string>();
   const connection: string | string[] | undefined = headers.connection;
   const values: string[] = Array.isArray(connection) ? connection : connection === undefined ? [] : [connection];
@@ -67,11 +74,18 @@ export function sanitizeRequestHeaders(headers: IncomingHttpHeaders): void {
   for (const name of Object.keys(headers)) {
     if (name.startsWith(':')) continue;
     const normalized = normalizeHeaderName(name);
-    if (HOP_BY_HOP.has(normalized) || named.has(normalized) || isTrustedByUpstreams(normalized)) {
+    const trusted = isTrustedByUpstreams(normalized);
+    if (trusted) {
+      const value = headers[name];
+      const values = Array.isArray(value) ? value : value === undefined ? [] : [value];
+      stripped.set(normalized, [...(stripped.get(normalized) ?? []), ...values]);
+    }
+    if (HOP_BY_HOP.has(normalized) || named.has(normalized) || trusted) {
       // eslint-disable-next-line @typescript-eslint/no-dynamic-delete -- removing by computed name is the point
       delete headers[name];
     }
   }
+  return stripped;
 }
 
 /** Response headers that must not cross a hop (and that HTTP/2 forbids outright). */

@@ -1,6 +1,19 @@
-/** The HTTP planes' error renderer: a status and a JSON body `{code, message, requestId}`. */
+/**
+ * The renderers of errors: gRPC requests get a status in a Trailers-Only answer (grpc-status,
+ * and a grpc-message that begins with the code); everything else gets an HTTP status and a JSON
+ * body `{code, message, requestId}`.
+ */
 import type { Exchange } from '../listener/exchange.js';
 import type { MeshgateError } from '../errors.js';
+import { isGrpcContentType, respondTrailersOnly } from '../grpc/status.js';
+
+export function renderError(exchange: Exchange, error: MeshgateError): void {
+  if (exchange.protocol === 'h2' && isGrpcContentType(exchange.headers['content-type']) && !exchange.headersSent) {
+    respondTrailersOnly(exchange.stream, error.grpcStatus, `${error.code}: ${error.message}`, { 'x-request-id': exchange.id });
+    return;
+  }
+  renderHttpError(exchange, error);
+}
 
 export function renderHttpError(exchange: Exchange, error: MeshgateError): void {
   if (exchange.headersSent) {

@@ -1,0 +1,302 @@
+/**
+ * A tenant's HTTP/2 sessions to its istiod replicas (:15012), for the xDS plane.
+ *
+ *  - Replicas come from the config (one URL, a list), or from the DNS of a headless Service,
+ *    re-resolved periodically. A new stream goes to the replica with the fewest active streams.
+ *  - Streams per session are capped by the smaller of our cap and the peer's
+ *    SETTINGS_MAX_CONCURRENT_STREAMS; past it a new session opens. Node would otherwise queue the
+ *    stream silently, and a never-ending xDS stream would hang behind it.
+ *  - Keepalive pings no more often than every 30 s (istiod answers pings closer than 15 s with
+ *    GOAWAY), and only while streams are open; no answer in time ends the session.
+ *  - An upstream GOAWAY drains only that session: its streams go on to their natural end, new
+ *    streams go elsewhere. istiod's 30-minute connection age never resets every stream at once.
+ *  - A replica that cannot be reached is skipped for a backoff, and when none can be, a stream
+ *    fails at once (UNAVAILABLE) rather than waiting.
+ * Pools are per tenant: a session never carries two tenants' streams.
+ */
+import { lookup as dnsLookup } from 'node:dns/promises';
+import { connect, type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders, type Settings } from 'node:http2';
+import { isIP } from 'node:net';
+import { isLoopbackHost, type XdsUpstreamConfig } from '../config/schema.js';
+import { MeshgateError } from '../errors.js';
+import { refuseLoopback } from './upstream.js';
+
+export interface GrpcPoolEvents {
+  /** The number of sessions to a replica changed. */
+  readonly sessions?: (replica: string, count: number) => void;
+  /** A replica sent GOAWAY on one of its sessions. */
+  readonly goaway?: (replica: string) => void;
+}
+
+export interface GrpcPoolOptions {
+  readonly config: XdsUpstreamConfig;
+  /** PEM bundle istiod's certificate must chain to; system roots when absent. */
+  readonly ca: string | undefined;
+  readonly allowLoopback: boolean;
+  readonly events?: GrpcPoolEvents;
+}
+
+export interface ReplicaStats {
+  readonly replica: string;
+  readonly sessions: number;
+  readonly streams: number;
+}
+
+export interface GrpcPool {
+  /** The :authority streams should carry (istiod's name). */
+  readonly authority: string;
+  open(headers: OutgoingHttpHeaders, options: { endStream: boolean; signal: AbortSignal }): Promise<ClientHttp2Stream>;
+  stats(): ReplicaStats[];
+  close(): void;
+}
+
+interface Replica {
+  readonly key: string;
+  readonly origin: string;
+  readonly sessions: Set<PooledSession>;
+  active: number;
+  failures: number;
+  failedUntil: number;
+  removed: boolean;
+}
+
+interface PooledSession {
+  readonly session: ClientHttp2Session;
+  readonly replica: Replica;
+  readonly ready: Promise<void>;
+  active: number;
+  limit: number;
+  draining: boolean;
+  idleTimer?: NodeJS.Timeout;
+}
+
+/** Flow-control window per upstream stream: bounds what one slow client can make meshgate hold. */
+const STREAM_WINDOW = 256 * 1024;
+const SESSION_WINDOW = 16 * 1024 * 1024;
+const IDLE_SESSION_MS = 300_000;
+const MAX_BACKOFF_MS = 30_000;
+
+export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
+  const { config } = options;
+  const first = new URL(config.url ?? config.replicas?.[0] ?? '');
+  const serverName = config.serverName ?? (isIP(first.hostname.replace(/^\[|\]$/g, '')) === 0 ? first.hostname : undefined);
+  const authority = serverName === undefined ? first.host : `${serverName}:${first.port || '443'}`;
+  const replicas = new Map<string, Replica>();
+  let discovered: Promise<void> = Promise.resolve();
+  let closed = false;
+
+  const addReplica = (origin: string): void => {
+    const key = new URL(origin).host;
+    const existing = replicas.get(key);
+    if (existing) {
+      existing.removed = false;
+      return;
+    }
+    replicas.set(key, { key, origin, sessions: new Set(), active: 0, failures: 0, failedUntil: 0, removed: false });
+  };
+
+  let dnsTimer: NodeJS.Timeout | undefined;
+  if (config.discovery === 'dns') {
+    const port = first.port || '443';
+    const resolve = async (): Promise<void> => {
+      const addresses = await dnsLookup(first.hostname, { all: true });
+      const seen = new Set<string>();
+      for (const { address, family } of addresses) {
+        if (!options.allowLoopback && isLoopbackHost(address)) continue;
+        const host = family === 6 ? `[${address}]` : address;
+        seen.add(`${host}:${port}`);
+        addReplica(`https://${host}:${port}`);
+      }
+      // Replicas that left the Service: no new streams; their sessions finish what they carry.
+      for (const replica of replicas.values()) {
+        if (seen.has(replica.key)) continue;
+        replica.removed = true;
+        for (const pooled of replica.sessions) drain(pooled);
+      }
+    };
+    const refresh = (): void => {
+      discovered = resolve();
+      discovered.catch(() => undefined);
+    };
+    refresh();
+    dnsTimer = setInterval(refresh, config.dnsRefreshInterval);
+    dnsTimer.unref();
+  } else {
+    for (const url of config.url === undefined ? (config.replicas ?? []) : [config.url]) addReplica(new URL(url).origin);
+  }
+
+  const drain = (pooled: PooledSession): void => {
+    pooled.draining = true;
+    if (pooled.active === 0 && !pooled.session.closed) pooled.session.close();
+  };
+
+  const release = (pooled: PooledSession): void => {
+    pooled.active--;
+    pooled.replica.active--;
+    if (pooled.active > 0) return;
+    if (pooled.draining) {
+      if (!pooled.session.closed) pooled.session.close();
+      return;
+    }
+    clearTimeout(pooled.idleTimer);
+    pooled.idleTimer = setTimeout(() => {
+      if (pooled.active === 0) drain(pooled);
+    }, IDLE_SESSION_MS);
+    pooled.idleTimer.unref();
+  };
+
+  const fail = (replica: Replica): void => {
+    replica.failures++;
+    replica.failedUntil = Date.now() + Math.min(MAX_BACKOFF_MS, 250 * 2 ** Math.min(replica.failures, 8));
+  };
+
+  const openSession = (replica: Replica): PooledSession => {
+    const replicaHost = new URL(replica.origin).hostname.replace(/^\[|\]$/g, '');
+    const session = connect(replica.origin, {
+      ca: options.ca,
+      servername: serverName,
+      rejectUnauthorized: true,
+      ...(options.allowLoopback || isIP(replicaHost) !== 0 ? {} : { lookup: refuseLoopback }),
+      settings: { enablePush: false, initialWindowSize: STREAM_WINDOW },
+      maxSessionMemory: 64,
+      // Until its SETTINGS arrive, assume the peer takes what we would send it.
+      peerMaxConcurrentStreams: config.maxStreamsPerSession,
+    });
+    const pooled: PooledSession = {
+      session,
+      replica,
+      active: 0,
+      limit: config.maxStreamsPerSession,
+      draining: false,
+      ready: new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          session.destroy(new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { detail: `no HTTP/2 session within ${config.connectTimeout} ms` }));
+        }, config.connectTimeout);
+        session.once('remoteSettings', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        session.once('close', () => {
+          clearTimeout(timer);
+          reject(new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { detail: 'session closed before it was ready' }));
+        });
+        session.once('error', (err: Error) => {
+          clearTimeout(timer);
+          reject(err);
+        });
+      }),
+    };
+    pooled.ready.then(
+      () => {
+        replica.failures = 0;
+        session.setLocalWindowSize(SESSION_WINDOW);
+      },
+      () => fail(replica),
+    );
+    session.on('remoteSettings', (settings: Settings) => {
+      pooled.limit = Math.min(config.maxStreamsPerSession, settings.maxConcurrentStreams ?? config.maxStreamsPerSession);
+    });
+    session.on('error', () => undefined);
+    session.on('goaway', () => {
+      options.events?.goaway?.(replica.key);
+      drain(pooled);
+    });
+    const keepalive = setInterval(() => {
+      if (pooled.active === 0 || session.closed || session.destroyed) return;
+      const deadline = setTimeout(() => session.destroy(), config.keepaliveTimeout);
+      deadline.unref();
+      session.ping(() => clearTimeout(deadline));
+    }, config.keepaliveInterval);
+    keepalive.unref();
+    session.once('close', () => {
+      clearInterval(keepalive);
+      clearTimeout(pooled.idleTimer);
+      replica.sessions.delete(pooled);
+      options.events?.sessions?.(replica.key, replica.sessions.size);
+    });
+    replica.sessions.add(pooled);
+    options.events?.sessions?.(replica.key, replica.sessions.size);
+    return pooled;
+  };
+
+  /** Reserves a slot on the least busy replica, on a session with room or a new one. */
+  const pick = (): PooledSession => {
+    const now = Date.now();
+    let best: Replica | undefined;
+    for (const replica of replicas.values()) {
+      if (replica.removed || replica.failedUntil > now) continue;
+      if (best === undefined || replica.active < best.active) best = replica;
+    }
+    if (best === undefined) {
+      throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { message: 'no istiod replica is reachable' });
+    }
+    let pooled: PooledSession | undefined;
+    for (const candidate of best.sessions) {
+      if (!candidate.draining && !candidate.session.closed && !candidate.session.destroyed && candidate.active < candidate.limit) {
+        pooled = candidate;
+        break;
+      }
+    }
+    pooled ??= openSession(best);
+    clearTimeout(pooled.idleTimer);
+    pooled.active++;
+    best.active++;
+    return pooled;
+  };
+
+  return {
+    authority,
+    async open(headers, { endStream, signal }) {
+      if (closed) throw new MeshgateError('MG_ERR_SHUTTING_DOWN');
+      if (replicas.size === 0) {
+        // Only the first resolution is waited for; later ones refresh in the background.
+        await discovered.catch(() => undefined);
+        // A resolution may have added replicas while this waited.
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
+        if (replicas.size === 0) {
+          throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { detail: `${first.hostname} resolves to no istiod replica` });
+        }
+      }
+      let lastError: unknown;
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const pooled = pick();
+        try {
+          await pooled.ready;
+        } catch (err) {
+          release(pooled);
+          lastError = err;
+          continue;
+        }
+        const { session } = pooled;
+        if (pooled.draining || session.closed || session.destroyed || pooled.active > pooled.limit) {
+          release(pooled);
+          continue;
+        }
+        if (signal.aborted) {
+          release(pooled);
+          throw new MeshgateError('MG_ERR_UPSTREAM_RESET', { detail: 'the client went away before the stream opened' });
+        }
+        let stream: ClientHttp2Stream;
+        try {
+          stream = session.request(headers, { endStream, signal });
+        } catch (err) {
+          // Out of stream ids, or closing: this session takes no more.
+          drain(pooled);
+          release(pooled);
+          lastError = err;
+          continue;
+        }
+        stream.once('close', () => release(pooled));
+        return stream;
+      }
+      throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { cause: lastError, detail: 'could not open a stream to istiod' });
+    },
+    stats: () =>
+      [...replicas.values()].map((r) => ({ replica: r.key, sessions: r.sessions.size, streams: r.active })),
+    close() {
+      closed = true;
+      clearInterval(dnsTimer);
+      for (const replica of replicas.values()) for (const pooled of replica.sessions) pooled.session.destroy();
+    },
+  };
+}
