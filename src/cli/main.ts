@@ -6,11 +6,13 @@
  *   meshgate check   --config FILE      validate a config and everything it names
  *   meshgate sandbox [--dir D] [--port-base P]
  *   meshgate certs   ca | server | client …
+ *   meshgate xds     --server HOST:PORT …     (an ADS request or a CSR, printed)
  */
 import { readFileSync } from 'node:fs';
 import { runCerts } from './certs.js';
 import { runCheck, runServe } from './serve.js';
 import { runSandbox } from './sandbox.js';
+import { runXds } from './xds.js';
 import { UsageError } from './args.js';
 
 const USAGE = `usage: meshgate <command> [options]
@@ -20,6 +22,7 @@ commands:
   check   --config FILE                 validate a config; prints every problem and exits 1 if any
   sandbox [--dir D] [--port-base P]     run meshgate with two stand-in tenants (what npm start runs)
   certs   ca|server|client …            issue certificates (meshgate certs --help)
+  xds     --server HOST:PORT …          one ADS request or CSR through meshgate (meshgate xds --help)
 
 options:
   -h, --help       this text
@@ -37,6 +40,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return runSandbox(rest);
     case 'certs':
       return runCerts(rest);
+    case 'xds':
+      return runXds(rest);
     case '-v':
     case '--version':
       console.log(version());

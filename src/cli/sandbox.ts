@@ -45,6 +45,12 @@ export async function runSandbox(args: readonly string[]): Promise<number> {
     logger,
     onIstiodRequest: (tenant, request) =>
       console.log(`  ↳ istiod-${tenant} received ${request.method} ${request.url}${request.headers.clusterid ? ` (clusterid ${String(request.headers.clusterid)})` : ''}`),
+    onIstiodCall: (tenant, call) => {
+      const clusterid = call.metadata.clusterid;
+      console.log(
+        `  ↳ istiod-${tenant} received ${call.method}${call.nodeId ? ` from ${call.nodeId}` : ''}${typeof clusterid === 'string' ? ` (clusterid ${clusterid})` : ''}`,
+      );
+    },
   });
   if (!state.stopping) console.log(`\n${sandboxGuide(sandbox.info)}`);
 
@@ -67,5 +73,6 @@ function summarize(line: string): string | undefined {
   if (entry.msg !== 'request') return entry.level === 'error' || entry.level === 'warn' ? `[meshgate] ${String(entry.msg)}` : undefined;
   const text = (key: string): string => (typeof entry[key] === 'string' || typeof entry[key] === 'number' ? String(entry[key]) : '-');
   const who = entry.subject === undefined ? 'anonymous' : `${text('auth')} ${text('subject')}`;
-  return `[meshgate] ${text('tenant')} ${text('plane')} ${text('method')} ${text('path')} → ${text('status')} ${text('outcome')} (${who}, ${text('durationMs')} ms)`;
+  const status = entry.grpcStatus === undefined ? text('status') : `${text('status')} grpc-status ${text('grpcStatus')}`;
+  return `[meshgate] ${text('tenant')} ${text('plane')} ${text('method')} ${text('path')} → ${status} ${text('outcome')} (${who}, ${text('durationMs')} ms)`;
 }

@@ -1,8 +1,19 @@
 /** The commands `meshgate sandbox` prints: each works when pasted into a shell. */
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { SandboxInfo } from './sandbox.js';
 
 const quote = (text: string): string => `'${text.replaceAll("'", `'\\''`)}'`;
+
+/** The built CLI beside this module (dist/cli/main.js). */
+const MESHGATE = `node ${quote(fileURLToPath(new URL('../cli/main.js', import.meta.url)))}`;
+
+/** `meshgate xds` with the sandbox's CA, dialling 127.0.0.1 for the tenant's host. */
+function xds(info: SandboxInfo, host: string, extra: readonly string[]): string {
+  return [`${MESHGATE} xds`, `--server ${host}:${info.listeners.xds.port}`, '--connect-to 127.0.0.1', `--ca ${quote(info.caFile)}`, ...extra].join(
+    ' \\\n    ',
+  );
+}
 
 /** curl with the sandbox's CA and a --resolve for the tenant's host (no DNS needed). */
 function curl(info: SandboxInfo, host: string, port: number, extra: readonly string[]): string {
@@ -46,7 +57,12 @@ export function sandboxGuide(info: SandboxInfo): string {
     "   …and acme may not inject into a cluster that is not acme's (403):",
     `  ${curl(info, acme.host, webhookPort, [...acmeCert, json, review, quote(`https://${acme.host}:${webhookPort}/inject/cluster/${globexCluster}/net/network1`)])}`,
     '',
-    '5. What meshgate counted:',
+    "5. A sidecar of acme's opens an ADS stream with its service-account token (audience istio-ca) and asks for clusters:",
+    `  ${xds(info, acme.host, [`--token-file ${quote(join(info.dir, 'tokens', 'acme-xds.jwt'))}`, '--type cds'])}`,
+    "   …and istioctl asks acme's istiod which proxies are connected (istio.io/debug/syncz), with a client certificate:",
+    `  ${xds(info, acme.host, [...acmeCert, '--type syncz'])}`,
+    '',
+    '6. What meshgate counted:',
     `  curl -sS ${info.admin}/metrics | grep '^meshgate_http_requests_total'`,
     '',
     'Requests appear below as meshgate and the stand-in istiods see them. Ctrl-C stops everything.',

@@ -17,6 +17,8 @@ export interface TenantPki {
   readonly client: PemFiles;
   /** istiod's own CA and its serving certificate (what the stand-in presents on :15017). */
   readonly istiodCa: string;
+  /** istiod's root, which also signs workload certificates (the mesh CA), as in a default install. */
+  readonly meshCa: IssuedCertificate;
   readonly istiod: IssuedCertificate;
 }
 
@@ -78,6 +80,7 @@ export async function createSandboxPki(dir: string, tenants: readonly { id: stri
           clientCaKey: writeFile(join(certs, `${id}-client-ca-key.pem`), clientCa.key, true),
           client: writePair(certs, `${id}-client`, client),
           istiodCa: writeFile(join(certs, `${id}-istiod-ca.pem`), istiodCa.cert),
+          meshCa: istiodCa,
           istiod,
         },
       ];

@@ -17,6 +17,7 @@ import type { Logger } from '../observability/logger.js';
 import { createIssuer, type Issuer } from './issuer.js';
 import { createSandboxPki, writeFile } from './pki.js';
 import { startIstiodStandIn, type IstiodStandIn, type RecordedRequest } from './standins/istiod.js';
+import { startXdsStandIn, type RecordedCall, type XdsStandIn } from './standins/istiod-xds.js';
 import { startJwksServer, type JwksServer } from './standins/jwks-server.js';
 
 export const SANDBOX_ISSUER = 'https://kubernetes.default.svc.cluster.local';
@@ -47,6 +48,7 @@ export interface SandboxOptions {
   readonly portBase?: number;
   readonly logger?: Logger;
   readonly onIstiodRequest?: (tenant: string, request: RecordedRequest) => void;
+  readonly onIstiodCall?: (tenant: string, call: RecordedCall) => void;
 }
 
 export interface SandboxTenantInfo {
@@ -60,7 +62,9 @@ export interface SandboxTenantInfo {
   readonly tokens: { readonly xds: string; readonly debug: string; readonly kube: string; readonly webhook: string };
   readonly webhook: { readonly inject: string; readonly validate: string };
   readonly webhookAuthentication: readonly string[];
-  readonly istiod: { readonly webhook: string; readonly debug: string };
+  readonly istiod: { readonly webhook: string; readonly debug: string; readonly xds: string };
+  /** The mesh CA (the root of workload certificates istiod's CA signs). */
+  readonly meshCaFile: string;
 }
 
 export interface SandboxInfo {
@@ -78,6 +82,7 @@ export interface Sandbox {
   readonly info: SandboxInfo;
   readonly gateway: Gateway;
   readonly istiods: ReadonlyMap<string, IstiodStandIn>;
+  readonly xdsIstiods: ReadonlyMap<string, XdsStandIn>;
   readonly issuers: ReadonlyMap<string, Issuer>;
   readonly jwksServer: JwksServer;
   close(): Promise<void>;
@@ -95,9 +100,21 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
   }
   const jwksServer = await startJwksServer([...issuers.values()], pki.jwksServer);
   const istiods = new Map<string, IstiodStandIn>();
+  const xdsIstiods = new Map<string, XdsStandIn>();
   for (const tenant of PLAN) {
-    const tls = pki.tenants.get(tenant.id)?.istiod;
-    if (!tls) throw new Error(`no istiod certificate for ${tenant.id}`);
+    const tenantPki = pki.tenants.get(tenant.id);
+    if (!tenantPki) throw new Error(`no istiod certificate for ${tenant.id}`);
+    const tls = tenantPki.istiod;
+    xdsIstiods.set(
+      tenant.id,
+      await startXdsStandIn({
+        tenant: tenant.id,
+        tls,
+        meshCa: tenantPki.meshCa,
+        trustDomain: `${tenant.id}.local`,
+        onCall: (call) => options.onIstiodCall?.(tenant.id, call),
+      }),
+    );
     istiods.set(
       tenant.id,
       await startIstiodStandIn({
@@ -117,7 +134,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
   for (const tenant of PLAN) {
     const tls = pki.tenants.get(tenant.id);
     const istiod = istiods.get(tenant.id);
-    if (!tls || !istiod) throw new Error(`incomplete sandbox tenant ${tenant.id}`);
+    const xdsIstiod = xdsIstiods.get(tenant.id);
+    if (!tls || !istiod || !xdsIstiod) throw new Error(`incomplete sandbox tenant ${tenant.id}`);
     const [first] = tenant.clusters;
     const signer = issuers.get(first?.id ?? '');
     if (!first || !signer) throw new Error(`no cluster for ${tenant.id}`);
@@ -150,6 +168,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       istiod: {
         webhook: { url: istiod.webhookUrl, ca: tls.istiodCa, serverName: `istiod.${tenant.id}-cp.svc` },
         debug: { url: istiod.debugUrl, token: { file: ownDebugToken, cluster: first.id } },
+        xds: { url: xdsIstiod.url, ca: tls.istiodCa, serverName: `istiod.${tenant.id}-cp.svc`, token: { file: ownDebugToken, cluster: first.id } },
       },
       clusters: tenant.clusters.map((c) => ({
         id: c.id,
@@ -167,9 +186,11 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         ...(pathKeyFile === undefined ? {} : { pathKeyFile }),
       },
       debug: { authentication: ['token', 'clientCertificate'] },
+      xds: { authentication: ['token', 'clientCertificate'] },
       // Certificate callers use meshgate's own istiod token: only the tenant's istio-system identities may.
       access: {
         debug: [{ method: 'token' }, { method: 'clientCertificate', uri: `spiffe://${hostOf(tenant.id)}/ns/istio-system/*` }],
+        xds: [{ method: 'token' }, { method: 'clientCertificate', uri: `spiffe://${hostOf(tenant.id)}/ns/istio-system/*` }],
       },
     });
   }
@@ -183,8 +204,10 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         logging: { level: 'info' },
         security: { allowLoopbackUpstreams: true },
         listeners: {
-          xds: { host: '127.0.0.1', port: port(1), planes: [] },
-          webhook: { host: '127.0.0.1', port: port(2), planes: ['webhook'] },
+          // Sized for many streams on one connection, as istioctl and the tests open.
+          xds: { host: '127.0.0.1', port: port(1), planes: ['xds'], http2: { maxConcurrentStreams: 4096, maxSessionMemory: 128 } },
+          // gRPC on the webhook port too: istioctl finds istiod by the injection webhook's host:port.
+          webhook: { host: '127.0.0.1', port: port(2), planes: ['webhook', 'xds'] },
           api: { host: '127.0.0.1', port: port(3), planes: ['debug'] },
         },
         tenants: tenantConfigs,
@@ -197,7 +220,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     addresses = await gateway.listen();
   } catch (err) {
     await gateway.close(0);
-    await Promise.all([...istiods.values()].map((i) => i.close()));
+    await Promise.all([...istiods.values(), ...xdsIstiods.values()].map((i) => i.close()));
     await jwksServer.close();
     throw err;
   }
@@ -228,7 +251,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       tokens: minted,
       webhook: { inject: `${base}${prefix}/inject/cluster/${cluster}/net/network1`, validate: `${base}${prefix}/validate` },
       webhookAuthentication: tenant.webhookAuth,
-      istiod: { webhook: istiod.webhookUrl, debug: istiod.debugUrl },
+      istiod: { webhook: istiod.webhookUrl, debug: istiod.debugUrl, xds: xdsIstiods.get(tenant.id)?.url ?? '' },
+      meshCaFile: tls.istiodCa,
     };
   }
 
@@ -248,11 +272,12 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     info,
     gateway,
     istiods,
+    xdsIstiods,
     issuers,
     jwksServer,
     async close() {
       await gateway.close(1_000);
-      await Promise.all([...istiods.values()].map((i) => i.close()));
+      await Promise.all([...istiods.values(), ...xdsIstiods.values()].map((i) => i.close()));
       await jwksServer.close();
     },
   };
