@@ -121,7 +121,7 @@ describe('meshgate serve', () => {
       await server.waitFor(/"msg":"request"[^\n]*"outcome":"OK"|"outcome":"OK"[^\n]*"msg":"request"/, 5_000);
 
       const narrowed = parse(original) as Record<string, any>;
-      narrowed.tenants[0].access = { debug: [] };
+      narrowed.tenants[0].access = { ...narrowed.tenants[0].access, debug: [] };
       writeFileSync(configFile, stringify(narrowed));
       server.child.kill('SIGHUP');
       await server.waitFor(/"msg":"config reloaded"/);

@@ -135,7 +135,7 @@ describe('config reload', () => {
 
     // A good reload: debug access for acme narrowed to istiod's token.
     const narrowed = parse(original) as Record<string, any>;
-    narrowed.tenants[0].access = { debug: [{ subject: 'system:serviceaccount:istio-system:istiod' }] };
+    narrowed.tenants[0].access = { ...narrowed.tenants[0].access, debug: [{ subject: 'system:serviceaccount:istio-system:istiod' }] };
     writeFileSync(sandbox.info.config, stringify(narrowed));
     gateway.reload(() => loadConfig(sandbox.info.config));
     expect(gateway.current().version).toBe(version + 1);

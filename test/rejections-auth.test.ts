@@ -189,7 +189,7 @@ describe('the debug allowlist', () => {
 describe('tenant rules and limits', () => {
   it("applies the tenant's rules after authentication", async () => {
     const gateway = await startGatewayFrom(sandbox, (config) => {
-      config.tenants[0].access = { debug: [{ method: 'token', subject: 'system:serviceaccount:istio-system:istiod' }] };
+      config.tenants[0].access = { ...config.tenants[0].access, debug: [{ method: 'token', subject: 'system:serviceaccount:istio-system:istiod' }] };
     });
     try {
       expectError(await debug('acme', { headers: bearer(tenant('acme').tokens.debug) }, gateway.port('api')), 403, 'MG_ERR_AUTHZ_DENIED');

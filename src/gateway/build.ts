@@ -12,6 +12,8 @@ import { createMetrics, type Metrics } from '../observability/metrics.js';
 import { createDebugPlane } from '../planes/debug/plane.js';
 import type { Plane } from '../planes/plane.js';
 import { createWebhookPlane } from '../planes/webhook/plane.js';
+import { createXdsPlane } from '../planes/xds/plane.js';
+import { createTenantLimits } from '../policy/limits.js';
 import { defaultCertificate } from '../pki/default-certificate.js';
 import { buildSnapshot, type Snapshot } from '../tenancy/snapshot.js';
 import { createRequestHandler } from './handle-request.js';
@@ -47,10 +49,25 @@ const RETIRE_AFTER_MS = 120_000;
 export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {}): Gateway {
   const logger = options.logger ?? createLogger(loaded.config.logging.level);
   const metrics = createMetrics();
+  const xds = createXdsPlane({
+    poolEvents: (tenant) => ({
+      sessions: (replica, count) => metrics.xdsUpstreamSessions.set({ tenant, replica }, count),
+      goaway: () => metrics.goaways.inc({ direction: 'received', tenant, listener: '' }),
+    }),
+    onStream: (tenant, delta) => metrics.xdsStreams.inc({ tenant }, delta),
+    onStreamEnd: (tenant, seconds) => metrics.xdsStreamDuration.observe({ tenant }, seconds),
+    onBytes: (tenant, direction, bytes) =>
+      metrics.xdsBytes.inc({ tenant, direction: direction === 'toUpstream' ? 'to_upstream' : 'to_client' }, bytes),
+  });
   const planes: Plane[] = [
     createWebhookPlane({ bodyBudget: createBodyBudget(options.bodyBudgetBytes ?? 256 * 1024 * 1024) }),
     createDebugPlane(),
+    xds,
   ];
+  const limits = createTenantLimits({
+    connections: (tenant, count) => metrics.tenantConnections.set({ tenant }, count),
+    streams: (tenant, count) => metrics.tenantStreams.set({ tenant }, count),
+  });
 
   let version = 0;
   const build = (next: LoadedConfig): Snapshot =>
@@ -68,7 +85,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
   const retired = new Set<Snapshot>();
   let listening = false;
 
-  const handlerDeps = { current: () => snapshot, planes, metrics, logger: accessLogger(logger) };
+  const handlerDeps = { current: () => snapshot, planes, metrics, logger: accessLogger(logger), limits };
   const fallback = defaultCertificate();
   const listeners: TlsListener[] = Object.entries(loaded.config.listeners).map(([name, config]) =>
     createTlsListener({
@@ -79,6 +96,10 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
         ? { cert: loaded.files.text(config.defaultCertificate.cert), key: loaded.files.text(config.defaultCertificate.key) }
         : fallback,
       onExchange: createRequestHandler(handlerDeps, config.planes),
+      onConnection: (socket) => {
+        const serverName = (socket as { servername?: string | false }).servername;
+        limits.admitConnection(socket, typeof serverName === 'string' ? snapshot.tenantForHost(serverName) : undefined);
+      },
       metrics,
       logger,
     }),
@@ -129,7 +150,9 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     },
     async close(graceMs = 5_000) {
       listening = false;
-      await Promise.all(listeners.map((l) => l.close(graceMs)));
+      // GOAWAY to every client, the grace to finish, then xDS streams end with UNAVAILABLE so
+      // that sidecars reconnect to another replica, then connections are cut.
+      await Promise.all(listeners.map((l) => l.close(graceMs, () => xds.terminateAll())));
       await admin.close();
       snapshot.dispose();
       for (const old of retired) old.dispose();

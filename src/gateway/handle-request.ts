@@ -11,13 +11,15 @@ import type { PlaneName } from '../config/schema.js';
 import { MeshgateError, toMeshgateError } from '../errors.js';
 import { parseRequestTarget } from '../http/canonical-path.js';
 import { sanitizeRequestHeaders } from '../http/headers.js';
-import { renderHttpError } from '../http/render.js';
+import { renderError } from '../http/render.js';
+import { isGrpcContentType } from '../grpc/status.js';
 import type { Exchange } from '../listener/exchange.js';
 import { resolveTenant } from '../listener/route.js';
 import { observeRequest } from '../observability/access-log.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Plane, RequestContext, RoutedContext } from '../planes/plane.js';
+import type { TenantLimits } from '../policy/limits.js';
 import type { Snapshot } from '../tenancy/snapshot.js';
 
 export interface RequestHandlerDeps {
@@ -25,6 +27,7 @@ export interface RequestHandlerDeps {
   readonly planes: readonly Plane[];
   readonly metrics: Metrics;
   readonly logger: Logger;
+  readonly limits: TenantLimits;
 }
 
 /** The exchange handler for a listener that serves `planeNames`. */
@@ -37,26 +40,47 @@ export function createRequestHandler(deps: RequestHandlerDeps, planeNames: reado
     const context: RequestContext = { exchange };
     // Observe once the exchange is over *and* every stage has recorded its part.
     let pending = 2;
+    let release: (() => void) | undefined;
     const done = (): void => {
-      if (--pending === 0) observeRequest(context, deps.metrics, deps.logger);
+      if (--pending > 0) return;
+      release?.();
+      try {
+        observeRequest(context, deps.metrics, deps.logger);
+      } catch (err) {
+        // Observation must never take the process down.
+        deps.logger.error({ err, requestId: exchange.id }, 'could not record a request');
+      }
     };
     exchange.onClose(done);
-    handle(context, snapshot, planes)
+    handle(context, snapshot, planes, deps.limits, (r) => (release = r))
       .catch((err: unknown) => {
         const error = toMeshgateError(err);
         context.error = error;
-        renderHttpError(exchange, error);
+        if (error.code === 'MG_ERR_LIMIT_CONNECTIONS') exchange.closeConnectionAfter();
+        renderError(exchange, error);
+        exchange.refused();
+        if (isGrpcContentType(exchange.headers['content-type'])) context.grpcStatus ??= String(error.grpcStatus);
       })
       .finally(done);
   };
 }
 
-async function handle(context: RequestContext, snapshot: Snapshot, planes: readonly Plane[]): Promise<void> {
+async function handle(
+  context: RequestContext,
+  snapshot: Snapshot,
+  planes: readonly Plane[],
+  limits: TenantLimits,
+  holdSlot: (release: () => void) => void,
+): Promise<void> {
   const { exchange } = context;
-  sanitizeRequestHeaders(exchange.headers);
-  context.tenant = resolveTenant(exchange, snapshot);
-  context.target = parseRequestTarget(exchange.target);
-  const plane = planes.find((p) => p.owns(context.target?.path ?? ''));
+  context.stripped = sanitizeRequestHeaders(exchange.headers);
+  const tenant = resolveTenant(exchange, snapshot);
+  context.tenant = tenant;
+  limits.checkConnection(exchange.socket);
+  holdSlot(limits.acquireStream(tenant));
+  const target = parseRequestTarget(exchange.target);
+  context.target = target;
+  const plane = planes.find((p) => p.owns(target.path, exchange));
   if (!plane) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND');
   context.plane = plane.name;
   await plane.handle(context as RoutedContext, snapshot.planeState(context.tenant, plane.name));

@@ -40,6 +40,10 @@ interface ExchangeBase {
   respond(status: number, headers: OutgoingHttpHeaders, body: string | Buffer): void;
   /** Ends the exchange at once: a reset stream, or a destroyed connection. Never a clean end. */
   abort(): void;
+  /** Asks the client to use another connection after this response (Connection: close, or GOAWAY). */
+  closeConnectionAfter(): void;
+  /** Counts a refusal against the connection: an HTTP/2 session refused too often is ended. */
+  refused(): void;
   /** Runs once when the exchange is over, however it ended. */
   onClose(listener: () => void): void;
 }
@@ -101,14 +105,28 @@ export function createH1Exchange(listener: string, req: IncomingMessage, res: Se
     abort() {
       res.destroy();
     },
+    closeConnectionAfter() {
+      res.shouldKeepAlive = false;
+    },
+    // One request at a time: an HTTP/1.1 client's refusals are paced by its own round trips.
+    refused: () => undefined,
     onClose(listener) {
       res.once('close', listener);
     },
   };
 }
 
-export function createH2Exchange(listener: string, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): H2Exchange {
-  const socket = stream.session?.socket as TLSSocket;
+/**
+ * `socket` is the session's TLS socket itself: `stream.session.socket` is a proxy, which is not
+ * the object other parts (connection limits) know the connection by.
+ */
+export function createH2Exchange(
+  listener: string,
+  stream: ServerHttp2Stream,
+  headers: IncomingHttpHeaders,
+  socket: TLSSocket,
+  onRefused: () => void = () => undefined,
+): H2Exchange {
   const method = headers[h2.HTTP2_HEADER_METHOD];
   const path = headers[h2.HTTP2_HEADER_PATH];
   const authority = headers[h2.HTTP2_HEADER_AUTHORITY] ?? headers.host;
@@ -133,7 +151,8 @@ export function createH2Exchange(listener: string, stream: ServerHttp2Stream, he
     },
     get status() {
       if (status !== undefined) return status;
-      const sent = stream.sentHeaders[h2.HTTP2_HEADER_STATUS];
+      // A stream destroyed before it answered has no sent headers at all.
+      const sent = (stream.sentHeaders as OutgoingHttpHeaders | undefined)?.[h2.HTTP2_HEADER_STATUS];
       return typeof sent === 'number' ? sent : sent === undefined ? undefined : Number(sent);
     },
     get completed() {
@@ -155,6 +174,11 @@ export function createH2Exchange(listener: string, stream: ServerHttp2Stream, he
       // destroy(err) sends RST_STREAM(INTERNAL_ERROR); close() could end the stream cleanly instead.
       stream.destroy(new Error('exchange aborted'));
     },
+    closeConnectionAfter() {
+      // GOAWAY: streams already open finish, no new ones start on this connection.
+      if (!stream.session?.closed) stream.session?.close();
+    },
+    refused: onRefused,
     onClose(listener) {
       stream.once('close', listener);
     },

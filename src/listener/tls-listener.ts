@@ -8,7 +8,7 @@
  * presented certificate counts is decided per request (src/auth/client-cert.ts).
  */
 import { createServer as createHttpServer } from 'node:http';
-import { createServer as createHttp2Server, type Http2Session } from 'node:http2';
+import { constants as h2c, createServer as createHttp2Server, type Http2Session, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { createServer as createTlsServer, type SecureContext, type TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
@@ -21,6 +21,17 @@ import { listen } from './listen.js';
 
 /** How long an idle HTTP/2 session may take to finish after GOAWAY. */
 const IDLE_CLOSE_GRACE_MS = 5_000;
+/**
+ * Streams that may end badly per session: reset by the client before meshgate answered them, or
+ * refused by meshgate. A burst, refilled at a rate per second. Past it the session is a flood, rapid
+ * reset (CVE-2023-44487) or a stream of refused attempts, and is ended. A cancel after the answer
+ * began is an ordinary cancel and costs nothing. nghttp2 has its own reset bucket (1,000), but when
+ * it trips Node leaves the session hanging with its socket open; this one trips first.
+ */
+const ABUSE_BURST = 200;
+const ABUSE_RATE_PER_SECOND = 20;
+/** How long the GOAWAY of an abusive session has to reach the peer before its socket is cut. */
+const ABUSE_CLOSE_GRACE_MS = 250;
 
 export interface TlsListenerOptions {
   readonly name: string;
@@ -30,6 +41,8 @@ export interface TlsListenerOptions {
   /** Served when the SNI names no tenant (the request is then refused over HTTP, with a reason). */
   readonly defaultCertificate: { readonly cert: string; readonly key: string };
   readonly onExchange: (exchange: Exchange) => void;
+  /** Called for every accepted TLS connection, before any request on it. */
+  readonly onConnection?: (socket: TLSSocket) => void;
   readonly metrics: Metrics;
   readonly logger: Logger;
 }
@@ -37,8 +50,12 @@ export interface TlsListenerOptions {
 export interface TlsListener {
   readonly name: string;
   listen(): Promise<AddressInfo>;
-  /** Stops accepting, asks open connections to finish (GOAWAY for HTTP/2), and ends them after the grace. */
-  close(graceMs: number): Promise<void>;
+  /**
+   * Stops accepting, asks open connections to finish (GOAWAY for HTTP/2), and ends them after the
+   * grace. `beforeCut` runs when the grace is over and connections remain, so that their streams
+   * can be ended with a status first.
+   */
+  close(graceMs: number, beforeCut?: () => void): Promise<void>;
 }
 
 export function createTlsListener(options: TlsListenerOptions): TlsListener {
@@ -68,24 +85,63 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
   h1.on('upgrade', (_req, socket: Socket) => refuseRawSocket(socket, 'MG_ERR_REQUEST_UPGRADE'));
 
   const h2 = createHttp2Server({
-    settings: { maxConcurrentStreams: config.http2.maxConcurrentStreams, maxHeaderListSize: config.maxHeaderSize },
-    maxSessionMemory: 64,
+    settings: {
+      maxConcurrentStreams: config.http2.maxConcurrentStreams,
+      maxHeaderListSize: config.maxHeaderSize,
+      initialWindowSize: config.http2.initialWindowSize,
+    },
+    maxSessionMemory: config.http2.maxSessionMemory,
+    // Flood protections (nghttp2 also limits rapid resets itself): a session that keeps sending
+    // what meshgate must answer or refuse is ended with GOAWAY.
+    maxOutstandingPings: 10,
+    maxSettings: 32,
+    maxSessionInvalidFrames: 100,
+    maxSessionRejectedStreams: 100,
+    maxHeaderListPairs: 256,
   });
+  const budgets = new WeakMap<Http2Session, StreamBudget>();
+  const socketOf = new WeakMap<Http2Session, TLSSocket>();
+  // The TLS socket being handed to the HTTP/2 server ('session' is emitted synchronously): the
+  // session itself only exposes a proxy that may not be destroyed.
+  let adopting: TLSSocket | undefined;
   h2.on('session', (session: Http2Session) => {
+    const socket = adopting;
+    if (socket) socketOf.set(session, socket);
     sessions.add(session);
+    session.on('goaway', () => metrics.goaways.inc({ direction: 'received', tenant: '', listener: name }));
     session.once('close', () => sessions.delete(session));
+    budgets.set(
+      session,
+      streamBudget(session, () => {
+        metrics.goaways.inc({ direction: 'sent', tenant: '', listener: name });
+        logger.warn({ listener: name, remote: socket?.remoteAddress }, 'HTTP/2 client reset or was refused too many streams; ending its session');
+        // GOAWAY(ENHANCE_YOUR_CALM); the socket goes a moment later even if the peer never reads.
+        session.destroy(new Error('too many streams reset or refused'), h2c.NGHTTP2_ENHANCE_YOUR_CALM);
+        setTimeout(() => socket?.destroy(), ABUSE_CLOSE_GRACE_MS).unref();
+      }),
+    );
     session.on('error', (err) => logger.debug({ listener: name, err }, 'http2 session error'));
     // Idle: ask the client to go (GOAWAY), and end the session shortly after even if a stalled
     // stream is still open; close() alone would wait for that stream forever.
     session.setTimeout(config.idleTimeout, () => {
+      metrics.goaways.inc({ direction: 'sent', tenant: '', listener: name });
       session.close();
       setTimeout(() => session.destroy(), IDLE_CLOSE_GRACE_MS).unref();
     });
   });
-  h2.on('stream', (stream, headers) => {
+  h2.on('stream', (stream: ServerHttp2Stream, headers) => {
     // Errors reach the forwarder or the renderer; a stream error must never become uncaught.
     stream.on('error', () => undefined);
-    options.onExchange(createH2Exchange(name, stream, headers));
+    const session = stream.session;
+    const socket = session ? socketOf.get(session) : undefined;
+    // A stream whose session is already gone has nobody left to answer.
+    if (!session || !socket) {
+      stream.close(h2c.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    const budget = budgets.get(session);
+    budget?.watch(stream);
+    options.onExchange(createH2Exchange(name, stream, headers, socket, () => budget?.spend()));
   });
 
   const server = createTlsServer({
@@ -108,8 +164,14 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
       metrics.connections.dec({ listener: name });
     });
     socket.setNoDelay(true);
-    if (socket.alpnProtocol === 'h2') h2.emit('connection', socket);
-    else h1.emit('connection', socket);
+    options.onConnection?.(socket);
+    if (socket.alpnProtocol === 'h2') {
+      adopting = socket;
+      h2.emit('connection', socket);
+      adopting = undefined;
+    } else {
+      h1.emit('connection', socket);
+    }
   });
   server.on('tlsClientError', (err, socket) => {
     metrics.tlsHandshakeErrors.inc({ listener: name });
@@ -120,17 +182,65 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
   return {
     name,
     listen: () => listen(server, config.host, config.port),
-    async close(graceMs) {
+    async close(graceMs, beforeCut) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const session of sessions) session.close();
+      for (const session of sessions) {
+        metrics.goaways.inc({ direction: 'sent', tenant: '', listener: name });
+        session.close();
+      }
       h1.close();
       const drained = (async () => {
         while (sockets.size > 0) await new Promise((r) => setTimeout(r, 25));
       })();
       await Promise.race([drained, new Promise((r) => setTimeout(r, graceMs))]);
+      if (sockets.size > 0 && beforeCut) {
+        beforeCut();
+        // A moment for those final statuses to reach the clients.
+        await Promise.race([drained, new Promise((r) => setTimeout(r, 200))]);
+      }
       for (const socket of sockets) socket.destroy();
       await closed;
     },
+  };
+}
+
+interface StreamBudget {
+  /** Spends a token if `stream` ends reset before meshgate answered it. */
+  watch(stream: ServerHttp2Stream): void;
+  /** Spends a token now (meshgate refused a stream). */
+  spend(): void;
+}
+
+/**
+ * A session's budget of streams that end badly. It calls `onAbuse` once, when the session
+ * overspends, and never from inside nghttp2's handling of received frames: ending a session there
+ * (a stream's 'close' runs before that handling returns) makes Node 20 loop, queueing frames until
+ * the process runs out of memory.
+ */
+function streamBudget(session: Http2Session, onAbuse: () => void): StreamBudget {
+  let tokens = ABUSE_BURST;
+  let refilledAt = performance.now();
+  let tripped = false;
+  const spend = (): void => {
+    if (tripped || session.destroyed) return;
+    const now = performance.now();
+    tokens = Math.min(ABUSE_BURST, tokens + ((now - refilledAt) / 1000) * ABUSE_RATE_PER_SECOND);
+    refilledAt = now;
+    tokens -= 1;
+    if (tokens < 0) {
+      tripped = true;
+      setImmediate(() => {
+        if (!session.destroyed) onAbuse();
+      });
+    }
+  };
+  return {
+    watch(stream) {
+      stream.once('close', () => {
+        if (stream.rstCode !== h2c.NGHTTP2_NO_ERROR && !stream.headersSent) spend();
+      });
+    },
+    spend,
   };
 }
 

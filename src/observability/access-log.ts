@@ -34,6 +34,7 @@ export function observeRequest(context: RequestContext, metrics: Metrics, logger
     auth: identity?.method,
     cluster: identity?.cluster,
     upstreamStatus: context.upstreamStatus,
+    grpcStatus: context.grpcStatus,
     durationMs: Math.round(durationMs * 100) / 100,
     remote: exchange.remoteAddress,
   };

@@ -77,5 +77,48 @@ export function createMetrics() {
       labelNames: ['listener'] as const,
       registers,
     }),
+    tenantConnections: new Gauge({
+      name: 'meshgate_tenant_connections',
+      help: 'Open client connections by tenant (by TLS server name).',
+      labelNames: ['tenant'] as const,
+      registers,
+    }),
+    tenantStreams: new Gauge({
+      name: 'meshgate_tenant_streams',
+      help: 'Requests and streams in flight by tenant, all planes.',
+      labelNames: ['tenant'] as const,
+      registers,
+    }),
+    xdsStreams: new Gauge({
+      name: 'meshgate_xds_streams',
+      help: 'Open xDS and CA streams by tenant.',
+      labelNames: ['tenant'] as const,
+      registers,
+    }),
+    xdsStreamDuration: new Histogram({
+      name: 'meshgate_xds_stream_duration_seconds',
+      help: 'How long xDS and CA streams lasted.',
+      labelNames: ['tenant'] as const,
+      buckets: [0.01, 0.1, 1, 10, 60, 300, 900, 1800, 3600, 7200, 21600],
+      registers,
+    }),
+    xdsBytes: new Counter({
+      name: 'meshgate_xds_bytes_total',
+      help: 'Bytes of gRPC messages forwarded on the xds plane, by tenant and direction (to_upstream, to_client).',
+      labelNames: ['tenant', 'direction'] as const,
+      registers,
+    }),
+    xdsUpstreamSessions: new Gauge({
+      name: 'meshgate_xds_upstream_sessions',
+      help: 'HTTP/2 sessions to istiod by tenant and replica.',
+      labelNames: ['tenant', 'replica'] as const,
+      registers,
+    }),
+    goaways: new Counter({
+      name: 'meshgate_http2_goaways_total',
+      help: 'HTTP/2 GOAWAY frames received and sent: with istiod (by tenant), with clients (by listener).',
+      labelNames: ['direction', 'tenant', 'listener'] as const,
+      registers,
+    }),
   };
 }

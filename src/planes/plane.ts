@@ -7,6 +7,7 @@ import type { Authenticated } from '../auth/authenticate.js';
 import type { PlaneName } from '../config/schema.js';
 import type { MeshgateError } from '../errors.js';
 import type { RequestTarget } from '../http/canonical-path.js';
+import type { StrippedHeaders } from '../http/headers.js';
 import type { Exchange } from '../listener/exchange.js';
 import type { TenantCore } from '../tenancy/tenant.js';
 
@@ -16,10 +17,14 @@ export interface RequestContext {
   tenant?: TenantCore;
   target?: RequestTarget;
   plane?: PlaneName;
+  /** What the client claimed in headers upstreams trust; removed, never forwarded. */
+  stripped?: StrippedHeaders;
   authenticated?: Authenticated;
   error?: MeshgateError;
   /** Set by the forwarder when the upstream answered. */
   upstreamStatus?: number;
+  /** For gRPC streams: the grpc-status the client was sent. */
+  grpcStatus?: string | undefined;
 }
 
 export interface RoutedContext extends RequestContext {
@@ -29,8 +34,8 @@ export interface RoutedContext extends RequestContext {
 
 export interface Plane<TenantState = unknown> {
   readonly name: PlaneName;
-  /** Whether the path belongs to this plane (on a listener that serves it). */
-  owns(path: string): boolean;
+  /** Whether the request belongs to this plane (on a listener that serves it). */
+  owns(path: string, exchange: Exchange): boolean;
   /** Builds this plane's state for one tenant of a new snapshot; undefined when the tenant has none. */
   build(tenant: TenantCore): TenantState | undefined;
   /** Handles one request: responds, or throws a MeshgateError for the renderer. */

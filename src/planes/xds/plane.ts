@@ -1,0 +1,182 @@
+/**
+ * The xDS plane: istio-agent's ADS and CA streams, and istioctl's debug requests, to the tenant's
+ * istiod (:15012), over gRPC.
+ *
+ *   gRPC over HTTP/2 only → one of three methods → credential (a JWT, audience istio-ca, from one
+ *   of the tenant's clusters; or a client certificate of the tenant) → rules → `clusterid`
+ *   (must be the tenant's, and a token's own cluster; missing: meshgate sets it) → forward
+ *
+ * The caller's token is passed on, so istiod still runs its own TokenReview. A caller that proved
+ * itself with a certificate has no token: meshgate sends the tenant's configured istiod token.
+ */
+import { createAuthenticator, type Authenticator } from '../../auth/authenticate.js';
+import type { Identity } from '../../auth/identity.js';
+import { MeshgateError } from '../../errors.js';
+import { forwardGrpc } from '../../forward/grpc.js';
+import { createGrpcPool, type GrpcPool, type GrpcPoolEvents } from '../../forward/grpc-pool.js';
+import { GRPC_STATUS, isGrpcContentType } from '../../grpc/status.js';
+import type { OutgoingHttpHeaders } from 'node:http2';
+import type { Exchange } from '../../listener/exchange.js';
+import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
+import type { Plane, RoutedContext } from '../plane.js';
+
+/** The only methods forwarded. Anything else (reflection, health, …) is UNIMPLEMENTED. */
+export const XDS_METHODS: ReadonlySet<string> = new Set([
+  '/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources',
+  '/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources',
+  '/istio.v1.auth.IstioCertificateService/CreateCertificate',
+]);
+
+export interface XdsState {
+  readonly tenant: string;
+  readonly authenticate: Authenticator;
+  readonly authorize: Authorizer;
+  readonly pool: GrpcPool;
+  readonly ownToken?: { readonly token: string; readonly cluster: string };
+  readonly clusters: ReadonlySet<string>;
+}
+
+export interface XdsPlaneDeps {
+  readonly poolEvents?: (tenant: string) => GrpcPoolEvents;
+  readonly onStream?: (tenant: string, delta: 1 | -1) => void;
+  readonly onStreamEnd?: (tenant: string, seconds: number) => void;
+  readonly onBytes?: (tenant: string, direction: 'toUpstream' | 'toClient', bytes: number) => void;
+}
+
+export interface XdsPlane extends Plane<XdsState> {
+  /** Ends every open stream with UNAVAILABLE, so that sidecars reconnect elsewhere (a drain). */
+  terminateAll(): void;
+}
+
+const NOT_GRPC = (): MeshgateError => new MeshgateError('MG_ERR_REQUEST_NOT_GRPC');
+
+export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
+  const open = new Set<(code: number, message: string) => void>();
+
+  return {
+    name: 'xds',
+
+    // gRPC requests are this plane's; so are requests to its services that are not gRPC, to be
+    // told so.
+    owns: (path, exchange) => isGrpcRequest(exchange) || path.startsWith('/envoy.') || path.startsWith('/istio.'),
+
+    build(tenant) {
+      const upstream = tenant.config.istiod.xds;
+      if (!upstream) return undefined;
+      const settings = tenant.config.xds;
+      const own = upstream.token;
+      return {
+        tenant: tenant.id,
+        authenticate: createAuthenticator({
+          methods: settings.authentication,
+          audiences: settings.audiences,
+          certificates: tenant.certificates,
+          tokens: tenant.tokens,
+        }),
+        authorize: createAuthorizer(tenant.id, tenant.config.access.xds),
+        pool: createGrpcPool({
+          config: upstream,
+          ca: upstream.ca === undefined ? undefined : tenant.files.text(upstream.ca),
+          allowLoopback: tenant.allowLoopbackUpstreams,
+          ...(deps.poolEvents ? { events: deps.poolEvents(tenant.id) } : {}),
+        }),
+        clusters: new Set(tenant.clusters.keys()),
+        ...(own ? { ownToken: { token: tenant.files.text(own.file).trim(), cluster: own.cluster } } : {}),
+      };
+    },
+
+    dispose(state) {
+      state.pool.close();
+    },
+
+    async handle(context, state) {
+      const { exchange, target } = context;
+      if (exchange.protocol !== 'h2' || !isGrpcRequest(exchange) || exchange.method !== 'POST') throw NOT_GRPC();
+      if (!XDS_METHODS.has(target.path) || target.query !== undefined) {
+        throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_METHOD', { message: `meshgate does not forward ${target.path}` });
+      }
+      if (!state) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND', { message: 'this tenant has no xds plane' });
+
+      const authenticated = await state.authenticate({ socket: exchange.socket, authorization: exchange.headers.authorization });
+      context.authenticated = authenticated;
+      state.authorize(authenticated.identity);
+      const credential = upstreamCredential(context, state, authenticated.bearer);
+
+      const headers: OutgoingHttpHeaders = {};
+      for (const [name, value] of Object.entries(exchange.headers)) {
+        if (value !== undefined && !name.startsWith(':') && name !== 'host' && name !== 'authorization') headers[name] = value;
+      }
+      Object.assign(headers, {
+        ':method': 'POST',
+        ':scheme': 'https',
+        ':path': target.path,
+        ':authority': state.pool.authority,
+        // gRPC needs `te: trailers`; as a hop-by-hop header it was removed, so it is set again.
+        te: 'trailers',
+        authorization: `Bearer ${credential.token}`,
+        clusterid: credential.cluster,
+        'x-request-id': exchange.id,
+      });
+
+      deps.onStream?.(state.tenant, 1);
+      const started = performance.now();
+      let terminate: ((code: number, message: string) => void) | undefined;
+      try {
+        const result = await forwardGrpc(exchange, {
+          pool: state.pool,
+          headers,
+          ...(deps.onBytes ? { onBytes: (direction, bytes) => deps.onBytes?.(state.tenant, direction, bytes) } : {}),
+          onOpen: (end) => {
+            terminate = end;
+            open.add(end);
+          },
+        });
+        context.grpcStatus = result.grpcStatus;
+        if (result.error) context.error = result.error;
+      } finally {
+        if (terminate) open.delete(terminate);
+        deps.onStream?.(state.tenant, -1);
+        deps.onStreamEnd?.(state.tenant, (performance.now() - started) / 1000);
+      }
+    },
+
+    terminateAll() {
+      for (const end of [...open]) end(GRPC_STATUS.UNAVAILABLE, 'MG_ERR_SHUTTING_DOWN: meshgate is shutting down; reconnect');
+      open.clear();
+    },
+  };
+}
+
+function isGrpcRequest(exchange: Exchange): boolean {
+  return isGrpcContentType(exchange.headers['content-type']);
+}
+
+/**
+ * The token and `clusterid` to send. A token caller's own token, with the cluster that issued it;
+ * a claimed `clusterid` must be one of the tenant's clusters and, for a token, the token's own.
+ * A certificate caller: the tenant's configured istiod token and its cluster.
+ */
+function upstreamCredential(
+  context: RoutedContext,
+  state: XdsState,
+  bearer: { readonly token: string; readonly identity: Identity } | undefined,
+): { token: string; cluster: string } {
+  const claimed = [...new Set(context.stripped?.get('clusterid') ?? [])];
+  if (claimed.length > 1) {
+    throw new MeshgateError('MG_ERR_AUTHZ_CLUSTER_MISMATCH', { message: 'more than one clusterid', detail: claimed.join(', ') });
+  }
+  const [claimedCluster] = claimed;
+  if (claimedCluster !== undefined && !state.clusters.has(claimedCluster)) {
+    throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_CLUSTER', { message: 'clusterid is not a cluster of this tenant', detail: claimedCluster });
+  }
+  const credential =
+    bearer?.identity.cluster !== undefined ? { token: bearer.token, cluster: bearer.identity.cluster } : state.ownToken;
+  if (!credential) throw new MeshgateError('MG_ERR_AUTHN_REQUIRED', { message: 'xds streams need a bearer token' });
+  if (claimedCluster !== undefined && claimedCluster !== credential.cluster) {
+    throw new MeshgateError('MG_ERR_AUTHZ_CLUSTER_MISMATCH', {
+      message: "clusterid is not the cluster of the caller's credential",
+      detail: `${claimedCluster} claimed, ${credential.cluster} proved`,
+    });
+  }
+  return credential;
+}
