@@ -15,8 +15,10 @@ WORKDIR /app
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+# Istio's CA proto, for `meshgate xds --csr` (Envoy's protos come with @grpc/grpc-js-xds).
+COPY protos ./protos
 # The node user (uid 1000) of the base image; listeners use ports above 1024.
 USER 1000:1000
-EXPOSE 8443 15017 9901
+EXPOSE 15012 15017 8443 9901
 ENTRYPOINT ["node", "dist/cli/main.js"]
 CMD ["serve", "--config", "/etc/meshgate/meshgate.yaml"]
