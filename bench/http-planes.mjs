@@ -18,12 +18,11 @@
 // `node` target (bench/reference/node-proxy.mjs) is the same Node stack as meshgate with none of
 // that work: the difference between it and meshgate is what meshgate's own stages cost.
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { SignJWT, exportJWK, generateKeyPair } from 'jose';
-import { createCertificateAuthority, issueCertificate } from '../dist/pki/certificates.js';
+import { benchIdentities, cpuTicks, median, nginxPreamble, rssMiB, runBenchmark, start, workerPids } from './lib.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const WORK = join(ROOT, 'bench', '.work');
@@ -35,8 +34,6 @@ const HOST = 'bench.meshgate.test';
 const ISTIOD = 'istiod.bench-cp.svc';
 const PORTS = { origin: 19443, originHttp: 19080, direct: 19443, nginx: 19444, haproxy: 19445, meshgate: 19446, node: 19447, admin: 19400 };
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
-
-const processes = [];
 
 async function main() {
   rmSync(WORK, { recursive: true, force: true });
@@ -122,10 +119,6 @@ function h2load(target, scenario, files, { seconds, warmup }) {
 }
 
 function summarize(runs, scenarios, targets) {
-  const median = (values) => {
-    const s = [...values].sort((a, b) => a - b);
-    return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-  };
   const rows = [];
   for (const scenario of scenarios) {
     const of = (target, key) => runs.filter((r) => r.scenario === scenario.name && r.target === target).map((r) => r[key]);
@@ -178,19 +171,8 @@ function write(name, text, mode = 0o644) {
 }
 
 async function prepare() {
-  const ca = await createCertificateAuthority('bench CA');
-  const server = await issueCertificate(ca, { commonName: HOST, dnsNames: [HOST], usage: 'server' });
-  const istiod = await issueCertificate(ca, { commonName: ISTIOD, dnsNames: [ISTIOD], ipAddresses: ['127.0.0.1'], usage: 'server' });
-  const { privateKey, publicKey } = await generateKeyPair('ES256');
-  const jwk = { ...(await exportJWK(publicKey)), kid: 'bench', alg: 'ES256', use: 'sig' };
-  const issuer = 'https://kubernetes.default.svc.cluster.local';
-  const token = await new SignJWT({})
-    .setProtectedHeader({ alg: 'ES256', kid: 'bench' })
-    .setIssuer(issuer)
-    .setSubject('system:serviceaccount:kube-system:kube-apiserver')
-    .setAudience(['meshgate-webhook', 'istio-ca'])
-    .setExpirationTime('4h')
-    .sign(privateKey);
+  const { ca, server, istiod, jwks, issuer, mint } = await benchIdentities(HOST, ISTIOD);
+  const token = await mint({ subject: 'system:serviceaccount:kube-system:kube-apiserver', audience: ['meshgate-webhook', 'istio-ca'] });
 
   const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'productpage-v1', namespace: 'bookinfo', labels: { app: 'productpage' } }, spec: { containers: [{ name: 'productpage', image: 'docker.io/istio/examples-bookinfo-productpage-v1:1.20.2' }] } };
   const review = { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: '7d1a6c3e-5b5e-4f0a-9a51-3c2f0e6b9a10', operation: 'CREATE', namespace: 'bookinfo', object: pod } };
@@ -206,7 +188,7 @@ async function prepare() {
     certAndKey: write('server-bundle.pem', server.cert + server.key, 0o600),
     istiodCert: write('istiod.pem', istiod.cert),
     istiodKey: write('istiod-key.pem', istiod.key, 0o600),
-    jwks: write('jwks.json', JSON.stringify({ keys: [jwk] })),
+    jwks: write('jwks.json', JSON.stringify(jwks)),
     body: write('admission-review.json', JSON.stringify(review)),
     token: readFileSync(write('token', token, 0o600), 'utf8'),
   };
@@ -233,22 +215,9 @@ tenants:
 }
 
 function nginxCommon(name) {
-  mkdirSync(join(WORK, `nginx-${name}`), { recursive: true });
   const dir = join(WORK, `nginx-${name}`);
-  return `worker_processes 1;
-user root;
-daemon off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  keepalive_requests 1000000;
+  mkdirSync(dir, { recursive: true });
+  return `${nginxPreamble(dir)}  keepalive_requests 1000000;
 `;
 }
 
@@ -317,66 +286,12 @@ backend debug
 
 // ---- processes --------------------------------------------------------------------------------
 
-function start(name, [command, ...args], { log } = {}) {
-  const child = spawn(command, args, { stdio: ['ignore', log ? 'pipe' : 'ignore', 'inherit'] });
-  if (log) {
-    const chunks = [];
-    child.stdout.on('data', (c) => {
-      chunks.push(c);
-      if (chunks.length > 1000) writeFileSync(log, Buffer.concat(chunks.splice(0)), { flag: 'a' });
-    });
-  }
-  child.on('exit', (code, signal) => {
-    if (!stopping) {
-      console.error(`${name} exited early (${code ?? signal})`);
-      process.exit(1);
-    }
-  });
-  processes.push(child);
-  return child;
-}
-
 function startNginx(name, config, cpu) {
   return start(`nginx ${name}`, ['taskset', '-c', String(cpu), 'nginx', '-c', write(`nginx-${name}.conf`, config), '-e', '/dev/null']);
 }
 
-function workerPids(master) {
-  const children = readFileSync(`/proc/${master.pid}/task/${master.pid}/children`, 'utf8').trim();
-  return children === '' ? [] : children.split(/\s+/).map(Number);
-}
-
-function cpuTicks(pids) {
-  let total = 0;
-  for (const pid of pids) {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-    total += Number(fields[11]) + Number(fields[12]);
+runBenchmark(main, () => {
+  for (const entry of readdirSync(WORK, { withFileTypes: true })) {
+    if (entry.isDirectory() && entry.name.startsWith('nginx-')) rmSync(join(WORK, entry.name, 'body'), { recursive: true, force: true });
   }
-  return total;
-}
-
-function rssMiB(pid) {
-  const kb = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
-  return kb / 1024;
-}
-
-let stopping = false;
-function stopAll() {
-  stopping = true;
-  for (const child of processes) if (child.exitCode === null) child.kill('SIGTERM');
-}
-// meshgate drains for up to 10 s on SIGTERM; give it the time to exit (and write any profile).
-process.on('exit', stopAll);
-process.on('SIGINT', () => process.exit(130));
-
-main()
-  .catch((err) => {
-    console.error(err);
-    process.exitCode = 1;
-  })
-  .finally(async () => {
-    stopAll();
-    await sleep(500);
-    for (const entry of readdirSync(WORK, { withFileTypes: true })) {
-      if (entry.isDirectory() && entry.name.startsWith('nginx-')) rmSync(join(WORK, entry.name, 'body'), { recursive: true, force: true });
-    }
-  });
+});

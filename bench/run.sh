@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of meshgate's HTTP planes against nginx, haproxy and a direct connection.
-# Installs what it needs from Debian, builds meshgate, and runs bench/http-planes.mjs.
+# Side-by-side benchmarks of meshgate against nginx, haproxy and a direct connection.
+# Installs what it needs from Debian, builds meshgate, and runs bench/http-planes.mjs (the webhook
+# and debug planes) and bench/xds.mjs (the xds plane), or the one named.
 #
-#   bench/run.sh                     # 3 repetitions of 10 s per target and scenario
-#   REPS=5 DURATION=20 bench/run.sh
+#   bench/run.sh                     # both; 3 repetitions each
+#   bench/run.sh http                # the HTTP planes only: REPS=5 DURATION=20 bench/run.sh http
+#   bench/run.sh xds                 # the xds plane only:   SIZES=1000,5000 PUSH_STREAMS=500 bench/run.sh xds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +23,9 @@ systemctl stop nginx >/dev/null 2>&1 || true
 
 [ -d node_modules ] || npm ci
 npm run --silent build
-exec node bench/http-planes.mjs "$@"
+case "${1:-all}" in
+  http) node bench/http-planes.mjs ;;
+  xds) node bench/xds.mjs ;;
+  all) node bench/http-planes.mjs && node bench/xds.mjs ;;
+  *) echo "usage: bench/run.sh [http|xds|all]" >&2; exit 2 ;;
+esac
