@@ -2,14 +2,14 @@
  * The xds plane through meshgate to the sandbox's stand-in istiods, with real grpc-js clients:
  * State of the World and Delta ADS, the CA, istioctl's syncz; and the isolation matrix.
  */
-import { X509Certificate, generateKeyPairSync } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import forge from 'node-forge';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { adsClient, adsOnce, bearer, caClient, identifierOf, metadata, status, TYPE_URL, type AdsClient } from './helpers/grpc.js';
 import { startTestSandbox, tenantOf } from './helpers/sandbox.js';
 import { xdsProtos } from '../src/sandbox/xds-protos.js';
+import { createCertificateRequest } from '../src/pki/certificates.js';
 
 let sandbox: Sandbox;
 beforeAll(async () => {
@@ -101,19 +101,11 @@ describe('gRPC on the webhook listener', () => {
 describe('the CA', () => {
   it("signs a workload CSR with the tenant's mesh CA, for the token's identity", async () => {
     const globex = tenantOf(sandbox, 'globex');
-    const { publicKey, privateKey } = generateKeyPairSync('rsa', {
-      modulusLength: 2048,
-      publicKeyEncoding: { type: 'spki', format: 'pem' },
-      privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
-    });
-    const csr = forge.pki.createCertificationRequest();
-    csr.publicKey = forge.pki.publicKeyFromPem(publicKey);
-    csr.setSubject([{ name: 'organizationName', value: 'sidecar' }]);
-    csr.sign(forge.pki.privateKeyFromPem(privateKey), forge.md.sha256.create());
+    const { csr, publicKey } = await createCertificateRequest('sidecar');
 
     const client = caClient(target('globex'));
     const response = await new Promise<{ cert_chain: string[] }>((resolve, reject) =>
-      client.CreateCertificate({ csr: forge.pki.certificationRequestToPem(csr), validity_duration: 3600 }, metadata(bearer(globex.tokens.xds)), {}, (err, res) =>
+      client.CreateCertificate({ csr, validity_duration: 3600 }, metadata(bearer(globex.tokens.xds)), {}, (err, res) =>
         err || !res ? reject(err ?? new Error('no response')) : resolve(res),
       ),
     );

@@ -3,11 +3,11 @@
  * operators: one ADS request (State of the World or Delta), or one CSR, through meshgate, with a
  * token or a client certificate, and the answer printed as JSON.
  */
-import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { credentials, Metadata, type Client, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
 import forge from 'node-forge';
 import { parseDuration } from '../config/units.js';
+import { createCertificateRequest } from '../pki/certificates.js';
 import { TYPE_URL, xdsProtos } from '../sandbox/xds-protos.js';
 import { UsageError, parse, required } from './args.js';
 
@@ -88,9 +88,10 @@ async function request(args: readonly string[]): Promise<number> {
   const deadline = Date.now() + timeoutMs;
 
   if (v.csr) {
+    const { csr } = await createCertificateRequest('meshgate xds client');
     const client = new protos.IstioCertificateService(target, tls, channel) as unknown as CaClient;
     const response = await new Promise<{ cert_chain: string[] }>((resolve, reject) => {
-      client.CreateCertificate({ csr: certificateRequest(), validity_duration: 3600 }, metadata, { deadline }, (err, res) =>
+      client.CreateCertificate({ csr, validity_duration: 3600 }, metadata, { deadline }, (err, res) =>
         err || !res ? reject(err ?? new Error('no response')) : resolve(res),
       );
     }).finally(() => client.close());
@@ -131,18 +132,4 @@ function describe(response: DiscoveryResponse, unpack: (any: { type_url: string;
     control_plane: controlPlane,
     resources: (response.resources ?? []).map((r) => ('type_url' in r ? unpack(r) : r.resource ? { name: r.name, ...(unpack(r.resource) as object) } : r)),
   };
-}
-
-/** An RSA key and a CSR for it, as istio-agent would send (forge reads RSA only). */
-function certificateRequest(): string {
-  const { publicKey, privateKey } = generateKeyPairSync('rsa', {
-    modulusLength: 2048,
-    publicKeyEncoding: { type: 'spki', format: 'pem' },
-    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
-  });
-  const csr = forge.pki.createCertificationRequest();
-  csr.publicKey = forge.pki.publicKeyFromPem(publicKey);
-  csr.setSubject([{ name: 'organizationName', value: 'meshgate xds client' }]);
-  csr.sign(forge.pki.privateKeyFromPem(privateKey), forge.md.sha256.create());
-  return forge.pki.certificationRequestToPem(csr);
 }

@@ -58,6 +58,20 @@ export async function issueCertificate(ca: IssuedCertificate, request: Certifica
 }
 
 /**
+ * A new RSA key and a PEM certificate signing request for it, as istio-agent sends to the CA
+ * (RSA: forge, which signs requests here, reads no other). The subject is the organization only;
+ * a CA decides the names it certifies.
+ */
+export async function createCertificateRequest(organization: string): Promise<{ csr: string; publicKey: string }> {
+  const { publicKey, privateKey } = await rsaKeyPair();
+  const csr = forge.pki.createCertificationRequest();
+  csr.publicKey = forge.pki.publicKeyFromPem(publicKey);
+  csr.setSubject([{ name: 'organizationName', value: organization }]);
+  csr.sign(forge.pki.privateKeyFromPem(privateKey), forge.md.sha256.create());
+  return { csr: forge.pki.certificationRequestToPem(csr), publicKey };
+}
+
+/**
  * Signs the public key of a PEM certificate signing request (RSA; forge reads no other), with the
  * names given, not the ones the request asks for: a CA decides what it certifies. Throws when the
  * request's own signature does not verify.
