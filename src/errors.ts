@@ -62,6 +62,8 @@ export const ERROR_CODES = {
   MG_ERR_AUTHN_TOKEN_AUDIENCE: spec(401, GRPC.UNAUTHENTICATED, 'bearer token audience is not accepted on this plane'),
   MG_ERR_AUTHN_PATH_KEY_INVALID: spec(401, GRPC.UNAUTHENTICATED, 'path key is not valid for this tenant'),
   MG_ERR_AUTHN_JWKS_UNAVAILABLE: spec(503, GRPC.UNAVAILABLE, 'signing keys for this issuer are unavailable'),
+  MG_ERR_AUTHN_TOKENREVIEW_UNAVAILABLE: spec(503, GRPC.UNAVAILABLE, "the cluster's TokenReview API could not check the token"),
+  MG_ERR_AUTHN_TOKENREVIEW_LIMITED: spec(503, GRPC.UNAVAILABLE, 'too many tokens to review against this cluster right now; retry'),
 
   // Authorization: may this identity do this.
   MG_ERR_AUTHZ_TENANT_MISMATCH: spec(403, GRPC.PERMISSION_DENIED, 'identity belongs to a different tenant'),
@@ -69,6 +71,8 @@ export const ERROR_CODES = {
   MG_ERR_AUTHZ_DENIED: spec(403, GRPC.PERMISSION_DENIED, 'identity may not use this plane'),
   MG_ERR_AUTHZ_SOURCE_ADDRESS: spec(403, GRPC.PERMISSION_DENIED, 'source address is not allowed'),
   MG_ERR_AUTHZ_DEBUG_ENDPOINT: spec(403, GRPC.PERMISSION_DENIED, 'debug endpoint is not allowed'),
+  MG_ERR_KUBE_FORBIDDEN: spec(403, GRPC.PERMISSION_DENIED, "the tenant's kube rules do not allow this request"),
+  MG_ERR_KUBE_IDENTITY_RESERVED: spec(403, GRPC.PERMISSION_DENIED, 'a certificate may not claim a reserved Kubernetes user or group'),
 
   // Upstream: the tenant's backend.
   MG_ERR_UPSTREAM_UNAVAILABLE: spec(503, GRPC.UNAVAILABLE, 'upstream is unavailable'),
@@ -76,6 +80,7 @@ export const ERROR_CODES = {
   MG_ERR_UPSTREAM_TIMEOUT: spec(504, GRPC.DEADLINE_EXCEEDED, 'upstream did not answer in time'),
   MG_ERR_UPSTREAM_RESET: spec(502, GRPC.UNAVAILABLE, 'upstream closed the connection'),
   MG_ERR_UPSTREAM_LOOPBACK: spec(502, GRPC.FAILED_PRECONDITION, 'upstream resolves to a loopback address'),
+  MG_ERR_UPSTREAM_UPGRADE_INVALID: spec(502, GRPC.UNAVAILABLE, 'upstream switched protocols with an invalid handshake'),
 
   // Limits: what one tenant, or the gateway, may hold at once.
   MG_ERR_LIMIT_CONNECTIONS: spec(503, GRPC.RESOURCE_EXHAUSTED, 'the tenant has too many connections open'),

@@ -54,6 +54,7 @@ function verifyPeer(socket: TLSSocket, trust: ClientCertificateTrust): Identity 
     method: 'clientCertificate',
     subject: commonName(leaf.subject) ?? leaf.subject.replaceAll('\n', ','),
     uris: uriSans(leaf.subjectAltName),
+    groups: organizations(leaf.subject),
     expiresAt: Date.parse(leaf.validTo),
   };
 }
@@ -75,6 +76,13 @@ function chainsTo(leaf: X509Certificate, peer: PeerCertificate, anchors: readonl
     node = next;
   }
   return false;
+}
+
+function organizations(subject: string): string[] {
+  return subject
+    .split('\n')
+    .filter((line) => line.startsWith('O='))
+    .map((line) => line.slice(2));
 }
 
 function commonName(subject: string): string | undefined {

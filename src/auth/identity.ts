@@ -8,6 +8,11 @@ export interface Identity {
   readonly subject: string;
   /** URI SANs of a client certificate (spiffe://…). */
   readonly uris: readonly string[];
+  /**
+   * Kubernetes groups: a certificate's organizations (O), a service account's groups, or what a
+   * TokenReview answered. Never `system:authenticated`, which the API server adds itself.
+   */
+  readonly groups?: readonly string[];
   /** Token: the cluster whose issuer verified it. */
   readonly cluster?: string;
   /** Epoch milliseconds after which the credential is no longer valid. */

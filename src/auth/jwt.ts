@@ -2,21 +2,21 @@
  * Bearer JWTs, verified offline with jose against the keys of the tenant's own clusters. The
  * issuer picks the candidate clusters, but only a valid signature with that cluster's keys makes a
  * token that cluster's: issuer strings are not unique (kind and kubeadm share a default), keys are.
+ * A cluster without keys is asked instead (TokenReview), after every cluster with keys said no.
  */
 import { decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose';
 import { MeshgateError } from '../errors.js';
 import type { Identity } from './identity.js';
 import type { JwksSource } from './jwks.js';
+import type { TokenReviewer } from './token-review.js';
 import { tokenCacheKey, type TokenCache } from './token-cache.js';
 
 /** Kubernetes service-account tokens are RS256, or ES256 with an EC signing key. Nothing else. */
 export const TOKEN_ALGORITHMS = ['RS256', 'ES256'] as const;
 
-export interface TokenIssuer {
-  readonly cluster: string;
-  readonly issuer: string;
-  readonly keys: JwksSource;
-}
+export type TokenIssuer =
+  | { readonly cluster: string; readonly issuer: string; readonly keys: JwksSource }
+  | { readonly cluster: string; readonly issuer: string; readonly review: TokenReviewer };
 
 export interface TokenVerifierOptions {
   readonly tenant: string;
@@ -36,13 +36,35 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
     if (cached) return cached;
 
     const issuer = unverifiedIssuer(token);
-    const candidates = options.issuers.filter((i) => i.issuer === issuer);
+    // Offline checks first: a cluster's API server is asked only when no keys answered.
+    const candidates = options.issuers.filter((i) => i.issuer === issuer).sort((a, b) => Number('review' in a) - Number('review' in b));
     if (candidates.length === 0) {
       throw new MeshgateError('MG_ERR_AUTHN_TOKEN_ISSUER', { detail: `issuer ${JSON.stringify(issuer)} is not one of tenant ${options.tenant}'s clusters` });
     }
 
     let failure: MeshgateError | undefined;
     for (const candidate of candidates) {
+      if ('review' in candidate) {
+        try {
+          const reviewed = await candidate.review(token, audiences);
+          const identity: Identity = {
+            tenant: options.tenant,
+            method: 'token',
+            subject: reviewed.username,
+            uris: [],
+            groups: reviewed.groups.filter((g) => g !== 'system:authenticated'),
+            cluster: candidate.cluster,
+            expiresAt: reviewed.validUntil,
+          };
+          options.cache.set(key, identity, reviewed.validUntil);
+          return identity;
+        } catch (err) {
+          const mapped = mapJoseError(err);
+          if (mapped.code !== 'MG_ERR_AUTHN_TOKEN_INVALID') throw mapped;
+          failure ??= mapped;
+          continue;
+        }
+      }
       let payload: JWTPayload;
       try {
         ({ payload } = await jwtVerify(token, (header, input) => candidate.keys.getKey(header, input), {
@@ -67,6 +89,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
         method: 'token',
         subject: String(payload.sub),
         uris: [],
+        groups: serviceAccountGroups(String(payload.sub)),
         cluster: candidate.cluster,
         expiresAt: (payload.exp ?? 0) * 1000,
       };
@@ -75,6 +98,12 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
     }
     throw failure ?? new MeshgateError('MG_ERR_AUTHN_TOKEN_INVALID');
   };
+}
+
+/** The groups Kubernetes gives a service account: `system:serviceaccounts` and that of its namespace. */
+function serviceAccountGroups(subject: string): string[] {
+  const match = /^system:serviceaccount:([^:]+):[^:]+$/.exec(subject);
+  return match?.[1] === undefined ? [] : ['system:serviceaccounts', `system:serviceaccounts:${match[1]}`];
 }
 
 function unverifiedIssuer(token: string): string {

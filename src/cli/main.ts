@@ -7,12 +7,14 @@
  *   meshgate sandbox [--dir D] [--port-base P]
  *   meshgate certs   ca | server | client …
  *   meshgate xds     --server HOST:PORT …     (an ADS request or a CSR, printed)
+ *   meshgate kubeconfig --tenant T --cluster C …   (a kubeconfig through meshgate)
  */
 import { readFileSync } from 'node:fs';
 import { runCerts } from './certs.js';
 import { runCheck, runServe } from './serve.js';
 import { runSandbox } from './sandbox.js';
 import { runXds } from './xds.js';
+import { runKubeconfig } from './kubeconfig.js';
 import { UsageError } from './args.js';
 
 const USAGE = `usage: meshgate <command> [options]
@@ -23,6 +25,7 @@ commands:
   sandbox [--dir D] [--port-base P]     run meshgate with two stand-in tenants (what npm start runs)
   certs   ca|server|client …            issue certificates (meshgate certs --help)
   xds     --server HOST:PORT …          one ADS request or CSR through meshgate (meshgate xds --help)
+  kubeconfig --tenant T --cluster C …   a kubeconfig that reaches a tenant cluster through meshgate
 
 options:
   -h, --help       this text
@@ -42,6 +45,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return runCerts(rest);
     case 'xds':
       return runXds(rest);
+    case 'kubeconfig':
+      return runKubeconfig(rest);
     case '-v':
     case '--version':
       console.log(version());

@@ -59,10 +59,20 @@ export function readConfigFiles(config: Config, baseDir: string): { config: Conf
     if (xds?.ca !== undefined) xds.ca = use(at('istiod', 'xds', 'ca'), xds.ca, 'bundle');
     if (xds?.token !== undefined) xds.token.file = use(at('istiod', 'xds', 'token', 'file'), xds.token.file, 'secret');
     t.clusters.forEach((c, j) => {
-      const { jwks } = c;
-      if (jwks.file !== undefined) jwks.file = use(at('clusters', j, 'jwks', 'file'), jwks.file, 'jwks');
-      if (jwks.ca !== undefined) jwks.ca = use(at('clusters', j, 'jwks', 'ca'), jwks.ca, 'bundle');
-      if (jwks.tokenFile !== undefined) jwks.tokenFile = use(at('clusters', j, 'jwks', 'tokenFile'), jwks.tokenFile, 'secret');
+      const { jwks, apiServer } = c;
+      if (jwks?.file !== undefined) jwks.file = use(at('clusters', j, 'jwks', 'file'), jwks.file, 'jwks');
+      if (jwks?.ca !== undefined) jwks.ca = use(at('clusters', j, 'jwks', 'ca'), jwks.ca, 'bundle');
+      if (jwks?.tokenFile !== undefined) jwks.tokenFile = use(at('clusters', j, 'jwks', 'tokenFile'), jwks.tokenFile, 'secret');
+      if (apiServer === undefined) return;
+      const server = (...rest: PropertyKey[]): PropertyKey[] => at('clusters', j, 'apiServer', ...rest);
+      if (apiServer.ca !== undefined) apiServer.ca = use(server('ca'), apiServer.ca, 'bundle');
+      const credentials = apiServer.credentials;
+      if (credentials === 'passthrough') return;
+      if ('tokenFile' in credentials) credentials.tokenFile = use(server('credentials', 'tokenFile'), credentials.tokenFile, 'secret');
+      else {
+        credentials.cert = use(server('credentials', 'cert'), credentials.cert, 'certificate');
+        credentials.key = use(server('credentials', 'key'), credentials.key, 'key');
+      }
     });
     if (t.webhook?.pathKeyFile !== undefined) {
       t.webhook.pathKeyFile = use(at('webhook', 'pathKeyFile'), t.webhook.pathKeyFile, 'pathKey');

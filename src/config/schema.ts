@@ -46,7 +46,7 @@ const hostPattern = z
 
 const port = z.number().int().min(0).max(65535);
 
-export const PLANES = ['webhook', 'debug', 'xds'] as const;
+export const PLANES = ['webhook', 'debug', 'xds', 'kube'] as const;
 export type PlaneName = (typeof PLANES)[number];
 
 export const AUTH_METHODS = ['clientCertificate', 'token', 'pathKey'] as const;
@@ -115,20 +115,103 @@ const jwks = z
     }
   });
 
-const cluster = z.strictObject({
-  id: clusterId,
-  issuer: z.string().min(1),
-  jwks,
+/** Token checks against the cluster itself, for clusters whose signing keys meshgate cannot have. */
+const tokenReview = z.strictObject({
+  /** Calls per second to this cluster's TokenReview API, and the burst above that rate. */
+  rate: z.number().positive().default(20),
+  burst: z.number().int().positive().default(40),
+  /** How long an accepted token is taken as valid without asking again (never past its expiry). */
+  cacheTtl: duration.default(60_000),
+  /** How long a rejected token stays rejected without asking again. */
+  negativeTtl: duration.default(10_000),
+  timeout: duration.default(5_000),
 });
 
-const accessRule = z
+/**
+ * What meshgate presents to the cluster's API server: the caller's own token (`passthrough`), or
+ * a credential of meshgate's own, with the caller's identity as Impersonate-User/Group.
+ */
+const apiServerCredentials = z.union([
+  z.literal('passthrough'),
+  z.strictObject({ tokenFile: file }),
+  z.strictObject({ cert: file, key: file }),
+]);
+
+const apiServer = z.strictObject({
+  url: z.url({ protocol: /^https$/ }),
+  ca: file.optional(),
+  serverName: z.string().optional(),
+  credentials: apiServerCredentials,
+});
+
+const cluster = z
   .strictObject({
-    method: z.enum(AUTH_METHODS).optional(),
-    subject: z.string().min(1).optional(),
-    uri: z.string().min(1).optional(),
-    cluster: clusterId.optional(),
+    id: clusterId,
+    issuer: z.string().min(1),
+    jwks: jwks.optional(),
+    tokenReview: tokenReview.optional(),
+    apiServer: apiServer.optional(),
   })
+  .check((ctx) => {
+    const { jwks: keys, tokenReview: review, apiServer: server } = ctx.value;
+    if ((keys === undefined) === (review === undefined)) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: 'set either "jwks" (the signing keys) or "tokenReview"' });
+    }
+    if (review !== undefined && (server === undefined || server.credentials === 'passthrough')) {
+      ctx.issues.push({
+        code: 'custom',
+        input: ctx.value,
+        path: ['tokenReview'],
+        message: 'TokenReview calls use meshgate\'s own credential: set "apiServer" with a tokenFile or cert, not passthrough',
+      });
+    }
+  });
+
+const identityMatch = {
+  method: z.enum(AUTH_METHODS).optional(),
+  subject: z.string().min(1).optional(),
+  uri: z.string().min(1).optional(),
+  cluster: clusterId.optional(),
+};
+
+const accessRule = z
+  .strictObject(identityMatch)
   .refine((rule) => Object.keys(rule).length > 0, 'a rule needs at least one of method, subject, uri, cluster');
+
+export const KUBE_PROFILES = ['istiod', 'kiali-readonly'] as const;
+export type KubeProfile = (typeof KUBE_PROFILES)[number];
+
+/** A Kubernetes RBAC PolicyRule, plus namespaces: what a kube request may be. */
+const kubePolicyRule = z
+  .strictObject({
+    verbs: z.array(z.string().min(1)).min(1),
+    apiGroups: z.array(z.string()).optional(),
+    resources: z.array(z.string().min(1)).optional(),
+    namespaces: z.array(z.string().min(1)).optional(),
+    names: z.array(z.string().min(1)).optional(),
+    nonResourceURLs: z.array(z.string().regex(/^\//, 'a path starting with "/"')).optional(),
+  })
+  .check((ctx) => {
+    const { apiGroups, resources, nonResourceURLs, namespaces, names } = ctx.value;
+    const resourceRule = apiGroups !== undefined || resources !== undefined || namespaces !== undefined || names !== undefined;
+    if (resourceRule === (nonResourceURLs !== undefined)) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: 'a rule is either for resources (apiGroups, resources) or for nonResourceURLs' });
+    } else if (resourceRule && (apiGroups === undefined || resources === undefined)) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: 'a resource rule needs both "apiGroups" ("" is the core group) and "resources"' });
+    }
+  });
+
+/** Who (the identity fields, as in other planes' rules) may do what on the kube plane. */
+const kubeAccessRule = z
+  .strictObject({
+    ...identityMatch,
+    profiles: z.array(z.enum(KUBE_PROFILES)).optional(),
+    allow: z.array(kubePolicyRule).optional(),
+    deny: z.array(kubePolicyRule).optional(),
+  })
+  .refine((rule) => rule.profiles !== undefined || rule.allow !== undefined || rule.deny !== undefined, {
+    message: 'a kube rule needs "profiles", "allow" or "deny"',
+  });
 
 const webhookSettings = z.strictObject({
   authentication: z.array(z.enum(AUTH_METHODS)).min(1, 'at least one authentication method is required'),
@@ -159,6 +242,17 @@ const xdsSettings = z.strictObject({
   audiences: z.array(z.string().min(1)).min(1).default(['istio-ca']),
 });
 
+const kubeSettings = z.strictObject({
+  authentication: z
+    .array(z.enum(['clientCertificate', 'token']))
+    .min(1)
+    .default(['token']),
+  /** Accepted token audiences; by default each cluster's issuer (the API server's own audience). */
+  audiences: z.array(z.string().min(1)).min(1).optional(),
+  /** Deadline for requests that are not long-running (watch, exec, attach, port-forward, log, proxy). */
+  requestTimeout: duration.default(60_000),
+});
+
 /** What one tenant may hold at once, across listeners and planes. */
 const limits = z.strictObject({
   connections: z.number().int().positive().default(10_000),
@@ -174,12 +268,14 @@ const tenant = z.strictObject({
   webhook: webhookSettings.optional(),
   debug: debugSettings.default({ authentication: ['token'], audiences: ['istio-ca'], timeout: 30_000 }),
   xds: xdsSettings.default({ authentication: ['token'], audiences: ['istio-ca'] }),
+  kube: kubeSettings.default({ authentication: ['token'], requestTimeout: 60_000 }),
   limits: limits.default({ connections: 10_000, streams: 20_000 }),
   access: z
     .strictObject({
       webhook: z.array(accessRule).optional(),
       debug: z.array(accessRule).optional(),
       xds: z.array(accessRule).optional(),
+      kube: z.array(kubeAccessRule).optional(),
     })
     .default({}),
 });
@@ -250,6 +346,11 @@ export type UpstreamConfig = z.output<typeof upstream>;
 export type XdsUpstreamConfig = z.output<typeof xdsUpstream>;
 export type XdsSettings = z.output<typeof xdsSettings>;
 export type AccessRule = z.output<typeof accessRule>;
+export type KubeAccessRule = z.output<typeof kubeAccessRule>;
+export type KubePolicyRule = z.output<typeof kubePolicyRule>;
+export type KubeSettings = z.output<typeof kubeSettings>;
+export type ApiServerConfig = z.output<typeof apiServer>;
+export type TokenReviewConfig = z.output<typeof tokenReview>;
 export type WebhookSettings = z.output<typeof webhookSettings>;
 export type DebugSettings = z.output<typeof debugSettings>;
 
@@ -331,6 +432,13 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
         report(at('istiod', plane, 'token', 'cluster'), `"${tokenCluster}" is not a cluster of this tenant`);
       }
     }
+    const kubeClusters = t.clusters.filter((c) => c.apiServer !== undefined);
+    if (kubeClusters.length > 0 && t.access.kube === undefined) {
+      report(at('access', 'kube'), 'clusters with an apiServer are reached only under access.kube rules: set them (profiles istiod, kiali-readonly)');
+    }
+    if (t.kube.authentication.includes('clientCertificate') && t.tls.clientCA === undefined && kubeClusters.length > 0) {
+      report(at('tls', 'clientCA'), 'kube authentication includes "clientCertificate", so a client CA is required');
+    }
     for (const plane of PLANES) {
       t.access[plane]?.forEach((rule, r) => {
         if (rule.cluster !== undefined && !clusterIds.has(rule.cluster)) {
@@ -355,6 +463,14 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
           );
         }
       }
+      t.clusters.forEach((c, j) => {
+        if (c.apiServer !== undefined && isLoopbackHost(new URL(c.apiServer.url).hostname)) {
+          report(
+            at('clusters', j, 'apiServer', 'url'),
+            "a cluster's API server is never on meshgate's own host (security.allowLoopbackUpstreams exists for the sandbox only)",
+          );
+        }
+      });
     }
   });
 

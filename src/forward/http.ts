@@ -25,11 +25,15 @@ export interface ForwardRequest {
   /** The complete outbound headers, already sanitized and completed by the plane. */
   readonly headers: OutgoingHttpHeaders;
   /**
-   * The body, read in advance; none is sent when absent. A body is never streamed through: an
-   * unframed body after a GET would be read by istiod as the next request (smuggling).
+   * The body: read in advance, or `'stream'` to pipe the client's body through as it arrives (the
+   * kube plane; the plane then sets its framing, Content-Length or chunked, in `headers`). None is
+   * sent when absent: an unframed body after a GET would be read by istiod as the next request.
    */
-  readonly body?: Buffer | undefined;
-  readonly timeoutMs: number;
+  readonly body?: Buffer | 'stream' | undefined;
+  /** The deadline for the whole exchange; none for long-running requests (watches). */
+  readonly timeoutMs?: number | undefined;
+  /** Called when the upstream's response head arrives. */
+  readonly onResponse?: (status: number) => void;
 }
 
 export interface ForwardResult {
@@ -40,13 +44,21 @@ export interface ForwardResult {
 
 /** Forwards the exchange; resolves when it is over. Rejects (nothing sent yet) for the plane to render. */
 export function forwardHttp(exchange: Exchange, request: ForwardRequest): Promise<ForwardResult> {
+  if (exchange.protocol === 'upgrade') return Promise.reject(new MeshgateError('MG_ERR_REQUEST_UPGRADE'));
   return exchange.protocol === 'h2' ? forwardH2(exchange, request) : forwardH1(exchange, request);
+}
+
+/** A deadline, or none. */
+function startTimer(ms: number | undefined, onTimeout: () => void): NodeJS.Timeout | undefined {
+  return ms === undefined ? undefined : setTimeout(onTimeout, ms);
 }
 
 const proxy = createProxyServer({ xfwd: false, changeOrigin: true, secure: true, ws: false, prependPath: true });
 /** Outbound requests by inbound request, so that a deadline can cancel the outbound one. */
 const outbound = new WeakMap<object, (proxyReq: ClientRequest) => void>();
 proxy.on('proxyReq', (proxyReq, req) => outbound.get(req)?.(proxyReq));
+/** Response observers by inbound request. */
+const responses = new WeakMap<object, (status: number) => void>();
 // The upstream's hop-by-hop headers stay on its hop. And the client's own choice decides whether
 // the connection stays open: without a `connection` here, http-proxy would copy the request's
 // (already removed) one and fall back to an explicit keep-alive that overrides `Connection: close`.
@@ -56,6 +68,7 @@ proxy.on('proxyRes', (proxyRes, _req, res) => {
     if (isHopByHopResponseHeader(name)) delete proxyRes.headers[name];
   }
   proxyRes.headers.connection = res.shouldKeepAlive ? 'keep-alive' : 'close';
+  responses.get(_req)?.(proxyRes.statusCode ?? 0);
   // http-proxy pipes the response, and a pipe does not pass on errors: an upstream that dies
   // mid-body would leave the client waiting forever for the rest. Cut the client off instead.
   proxyRes.once('close', () => {
@@ -80,11 +93,12 @@ function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<Forwa
     let failure: MeshgateError | undefined;
     let rejected = false;
 
-    const timer = setTimeout(() => {
+    const timer = startTimer(request.timeoutMs, () => {
       timedOut = true;
       if (upstreamReq) upstreamReq.destroy(timeoutError());
       else fail(timeoutError());
-    }, request.timeoutMs);
+    });
+    if (request.onResponse) responses.set(req, request.onResponse);
     outbound.set(req, (proxyReq) => {
       upstreamReq = proxyReq;
       if (timedOut) proxyReq.destroy(timeoutError());
@@ -112,7 +126,8 @@ function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<Forwa
       {
         target: request.upstream.origin,
         agent: request.upstream.agent,
-        buffer: Readable.from(request.body ? [request.body] : []),
+        // Without `buffer`, http-proxy pipes the request itself, as it arrives.
+        ...(request.body === 'stream' ? {} : { buffer: Readable.from(request.body ? [request.body] : []) }),
       },
       (err) => fail(timedOut ? timeoutError() : classifyUpstreamError(err)),
     );
@@ -157,14 +172,15 @@ function forwardH2(exchange: H2Exchange, request: ForwardRequest): Promise<Forwa
       headers: { ...request.headers, host: origin.host },
       agent,
     });
-    const timer = setTimeout(() => {
-      fail(new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${request.timeoutMs} ms` }));
-    }, request.timeoutMs);
+    const timer = startTimer(request.timeoutMs, () => {
+      fail(new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${String(request.timeoutMs)} ms` }));
+    });
 
     let upstreamComplete = false;
     upstreamReq.on('error', (err) => fail(classifyUpstreamError(err)));
     upstreamReq.on('response', (upstreamRes) => {
       upstreamRes.once('end', () => (upstreamComplete = true));
+      request.onResponse?.(upstreamRes.statusCode ?? 0);
       if (stream.destroyed || stream.closed) {
         upstreamRes.resume();
         return;
@@ -193,6 +209,7 @@ function forwardH2(exchange: H2Exchange, request: ForwardRequest): Promise<Forwa
       if (!rejected) resolve(failure ? { status, error: failure } : { status });
     });
 
-    upstreamReq.end(request.body);
+    if (request.body === 'stream') stream.pipe(upstreamReq);
+    else upstreamReq.end(request.body);
   });
 }

@@ -16,19 +16,42 @@ export interface HttpUpstream {
   /** `https://istiod.acme-cp.svc:15017`: protocol, host and port only. */
   readonly origin: URL;
   readonly agent: HttpAgent;
+  /** What a connection of its own (an upgrade, never pooled) needs: the same TLS checks and lookup. */
+  readonly connectOptions: Readonly<TlsConnectOptions>;
   close(): void;
+}
+
+export interface TlsConnectOptions {
+  readonly ca?: string | undefined;
+  readonly cert?: string | undefined;
+  readonly key?: string | undefined;
+  readonly servername?: string | undefined;
+  readonly rejectUnauthorized: true;
+  readonly lookup?: typeof refuseLoopback | undefined;
 }
 
 export interface UpstreamOptions {
   readonly allowLoopback: boolean;
+  /** meshgate's own client certificate for this upstream (PEM texts). */
+  readonly clientCertificate?: { readonly cert: string; readonly key: string } | undefined;
+  /** Connections at once; long-lived requests (watches) each hold one. */
+  readonly maxSockets?: number;
 }
 
 export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, options: UpstreamOptions): HttpUpstream {
   const url = new URL(config.url);
   const origin = new URL(url.origin);
+  const tls: TlsConnectOptions = {
+    ca: config.ca === undefined ? undefined : files.text(config.ca),
+    cert: options.clientCertificate?.cert,
+    key: options.clientCertificate?.key,
+    servername: config.serverName ?? (isIP(origin.hostname.replace(/^\[|\]$/g, '')) === 0 ? origin.hostname : undefined),
+    rejectUnauthorized: true,
+    lookup: options.allowLoopback ? undefined : refuseLoopback,
+  };
   const pool = {
     keepAlive: true,
-    maxSockets: 256,
+    maxSockets: options.maxSockets ?? 256,
     // As many idle connections as busy ones: a smaller pool would close connections after each
     // burst and pay a TLS handshake to istiod for the next one.
     maxFreeSockets: 256,
@@ -36,15 +59,8 @@ export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, o
     lookup: options.allowLoopback ? undefined : refuseLoopback,
   };
   const agent =
-    origin.protocol === 'https:'
-      ? new HttpsAgent({
-          ...pool,
-          ca: config.ca === undefined ? undefined : files.text(config.ca),
-          servername: config.serverName ?? (isIP(origin.hostname.replace(/^\[|\]$/g, '')) === 0 ? origin.hostname : undefined),
-          rejectUnauthorized: true,
-        })
-      : new HttpAgent(pool);
-  return { origin, agent, close: () => agent.destroy() };
+    origin.protocol === 'https:' ? new HttpsAgent({ ...pool, ...tls }) : new HttpAgent(pool);
+  return { origin, agent, connectOptions: tls, close: () => agent.destroy() };
 }
 
 type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;

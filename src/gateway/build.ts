@@ -10,6 +10,7 @@ import { createTlsListener, type TlsListener } from '../listener/tls-listener.js
 import { accessLogger, createLogger, type Logger } from '../observability/logger.js';
 import { createMetrics, type Metrics } from '../observability/metrics.js';
 import { createDebugPlane } from '../planes/debug/plane.js';
+import { createKubePlane } from '../planes/kube/plane.js';
 import type { Plane } from '../planes/plane.js';
 import { createWebhookPlane } from '../planes/webhook/plane.js';
 import { createXdsPlane } from '../planes/xds/plane.js';
@@ -63,6 +64,12 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     createWebhookPlane({ bodyBudget: createBodyBudget(options.bodyBudgetBytes ?? 256 * 1024 * 1024) }),
     createDebugPlane(),
     xds,
+    createKubePlane({
+      onRequest: (tenant, cluster, verb, code) => metrics.kubeRequests.inc({ tenant, cluster, verb, code }),
+      onWatch: (tenant, cluster, delta) => metrics.kubeWatches.inc({ tenant, cluster }, delta),
+      onTunnel: (tenant, cluster, protocol, delta) => metrics.kubeTunnels.inc({ tenant, cluster, protocol }, delta),
+      onUpstreamLatency: (tenant, cluster, seconds) => metrics.kubeUpstreamLatency.observe({ tenant, cluster }, seconds),
+    }),
   ];
   const limits = createTenantLimits({
     connections: (tenant, count) => metrics.tenantConnections.set({ tenant }, count),
@@ -75,6 +82,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       version: ++version,
       planes,
       onTokenCacheLookup: (hit) => metrics.tokenCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
+      onTokenReview: (tenant, cluster, result) => metrics.tokenReviews.inc({ tenant, cluster, result }),
       onJwksLoad: (tenant, cluster, result, error) => {
         metrics.jwksLoads.inc({ tenant, cluster, result });
         if (error !== undefined) logger.warn({ tenant, cluster, err: error }, 'JWKS load failed');

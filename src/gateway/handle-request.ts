@@ -57,7 +57,8 @@ export function createRequestHandler(deps: RequestHandlerDeps, planeNames: reado
         const error = toMeshgateError(err);
         context.error = error;
         if (error.code === 'MG_ERR_LIMIT_CONNECTIONS') exchange.closeConnectionAfter();
-        renderError(exchange, error);
+        if (context.render) context.render(exchange, error);
+        else renderError(exchange, error);
         exchange.refused();
         if (isGrpcContentType(exchange.headers['content-type'])) context.grpcStatus ??= String(error.grpcStatus);
       })
@@ -73,6 +74,8 @@ async function handle(
   holdSlot: (release: () => void) => void,
 ): Promise<void> {
   const { exchange } = context;
+  const rawPath = exchange.target.split('?', 1)[0] ?? '';
+  context.render = planes.find((p) => p.owns(rawPath, exchange))?.renderError;
   context.stripped = sanitizeRequestHeaders(exchange.headers);
   const tenant = resolveTenant(exchange, snapshot);
   context.tenant = tenant;
@@ -83,5 +86,6 @@ async function handle(
   const plane = planes.find((p) => p.owns(target.path, exchange));
   if (!plane) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND');
   context.plane = plane.name;
+  if (exchange.protocol === 'upgrade' && plane.upgrades !== true) throw new MeshgateError('MG_ERR_REQUEST_UPGRADE');
   await plane.handle(context as RoutedContext, snapshot.planeState(context.tenant, plane.name));
 }

@@ -59,7 +59,27 @@ export interface H2Exchange extends ExchangeBase {
   readonly stream: ServerHttp2Stream;
 }
 
-export type Exchange = H1Exchange | H2Exchange;
+/**
+ * An HTTP/1.1 request with `Upgrade:` (WebSocket, SPDY/3.1). Node hands over the raw socket: the
+ * answer, whether a refusal or the upstream's 101, is written to it by hand, and the connection
+ * is never reused for another request.
+ */
+export interface UpgradeExchange extends ExchangeBase {
+  readonly protocol: 'upgrade';
+  readonly req: IncomingMessage;
+  /** The client's connection, detached from the HTTP server. */
+  readonly clientSocket: TLSSocket;
+  /** Bytes the client sent after the request head. */
+  readonly head: Buffer;
+  /** The `Upgrade:` header as the client sent it, read before header hygiene removes it. */
+  readonly upgrade: string;
+  /** The listener's idle timeout: a tunnel with no traffic for this long is closed. */
+  readonly idleTimeoutMs: number;
+  /** Records the status of a response head the tunnel wrote itself. */
+  sent(status: number, completed?: boolean): void;
+}
+
+export type Exchange = H1Exchange | H2Exchange | UpgradeExchange;
 
 function serverNameOf(socket: TLSSocket): string | undefined {
   const name = (socket as TLSSocket & { servername?: string | false }).servername;
@@ -112,6 +132,88 @@ export function createH1Exchange(listener: string, req: IncomingMessage, res: Se
     refused: () => undefined,
     onClose(listener) {
       res.once('close', listener);
+    },
+  };
+}
+
+const REASONS: Readonly<Record<number, string>> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  408: 'Request Timeout',
+  421: 'Misdirected Request',
+  429: 'Too Many Requests',
+  431: 'Request Header Fields Too Large',
+  500: 'Internal Server Error',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'Gateway Timeout',
+};
+
+export function reasonPhrase(status: number): string {
+  return REASONS[status] ?? 'Error';
+}
+
+export function createUpgradeExchange(listener: string, req: IncomingMessage, socket: TLSSocket, head: Buffer, idleTimeoutMs: number): UpgradeExchange {
+  let status: number | undefined;
+  let completed = false;
+  const upgrade = req.headers.upgrade;
+  return {
+    protocol: 'upgrade',
+    id: randomUUID(),
+    listener,
+    req,
+    clientSocket: socket,
+    head,
+    upgrade: typeof upgrade === 'string' ? upgrade : '',
+    idleTimeoutMs,
+    method: req.method ?? 'GET',
+    target: req.url ?? '',
+    authority: req.headers.host,
+    headers: req.headers,
+    socket,
+    serverName: serverNameOf(socket),
+    remoteAddress: socket.remoteAddress,
+    startedAt: performance.now(),
+    body: req,
+    hasBody: false,
+    get headersSent() {
+      return status !== undefined;
+    },
+    get status() {
+      return status;
+    },
+    get completed() {
+      return completed;
+    },
+    respond(code, headers, body) {
+      if (status !== undefined || socket.destroyed) return;
+      status = code;
+      completed = true;
+      let head = `HTTP/1.1 ${code} ${reasonPhrase(code)}\r\n`;
+      const all: OutgoingHttpHeaders = { ...headers, 'content-length': Buffer.byteLength(body), connection: 'close' };
+      for (const [name, value] of Object.entries(all)) {
+        if (value === undefined) continue;
+        for (const one of Array.isArray(value) ? value : [value]) head += `${name}: ${String(one)}\r\n`;
+      }
+      socket.end(`${head}\r\n${body.toString()}`);
+      // The peer has a moment to read the answer; a half-closed socket must not linger.
+      setTimeout(() => socket.destroy(), 1_000).unref();
+    },
+    abort() {
+      socket.destroy();
+    },
+    closeConnectionAfter: () => undefined,
+    refused: () => undefined,
+    onClose(listener) {
+      if (socket.destroyed) queueMicrotask(listener);
+      else socket.once('close', listener);
+    },
+    sent(code, done = false) {
+      status = code;
+      completed = done;
     },
   };
 }

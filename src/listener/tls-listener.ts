@@ -7,7 +7,7 @@
  * Client certificates are requested but not required, and verified per tenant; whether a
  * presented certificate counts is decided per request (src/auth/client-cert.ts).
  */
-import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage } from 'node:http';
 import { constants as h2c, createServer as createHttp2Server, type Http2Session, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { createServer as createTlsServer, type SecureContext, type TLSSocket } from 'node:tls';
@@ -16,7 +16,7 @@ import { MeshgateError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { TLS_SERVER_OPTIONS } from '../tenancy/tenant.js';
-import { createH1Exchange, createH2Exchange, type Exchange } from './exchange.js';
+import { createH1Exchange, createH2Exchange, createUpgradeExchange, type Exchange } from './exchange.js';
 import { listen } from './listen.js';
 
 /** How long an idle HTTP/2 session may take to finish after GOAWAY. */
@@ -82,7 +82,12 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
   h1.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     refuseRawSocket(socket, clientErrorCode(err));
   });
-  h1.on('upgrade', (_req, socket: Socket) => refuseRawSocket(socket, 'MG_ERR_REQUEST_UPGRADE'));
+  // Upgrades (exec, port-forward) are requests too: routed, authenticated and authorized like any,
+  // and answered on the raw socket by the plane that takes them (src/forward/tunnel.ts).
+  h1.on('upgrade', (req: IncomingMessage, socket: TLSSocket, head: Buffer) => {
+    socket.on('error', () => undefined);
+    options.onExchange(createUpgradeExchange(name, req, socket, head, config.idleTimeout));
+  });
 
   const h2 = createHttp2Server({
     settings: {

@@ -114,6 +114,37 @@ export function createMetrics() {
       labelNames: ['tenant', 'replica'] as const,
       registers,
     }),
+    kubeRequests: new Counter({
+      name: 'meshgate_kube_requests_total',
+      help: 'Kube plane requests by tenant, cluster, verb and HTTP status code (the upstream\'s, or meshgate\'s refusal).',
+      labelNames: ['tenant', 'cluster', 'verb', 'code'] as const,
+      registers,
+    }),
+    kubeWatches: new Gauge({
+      name: 'meshgate_kube_watches',
+      help: 'Kube plane watches in flight by tenant and cluster.',
+      labelNames: ['tenant', 'cluster'] as const,
+      registers,
+    }),
+    kubeTunnels: new Gauge({
+      name: 'meshgate_kube_tunnels',
+      help: 'Open exec, attach and port-forward tunnels by tenant, cluster and protocol (websocket, spdy).',
+      labelNames: ['tenant', 'cluster', 'protocol'] as const,
+      registers,
+    }),
+    kubeUpstreamLatency: new Histogram({
+      name: 'meshgate_kube_upstream_latency_seconds',
+      help: 'Time from forwarding a kube request to the API server\'s response head.',
+      labelNames: ['tenant', 'cluster'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    }),
+    tokenReviews: new Counter({
+      name: 'meshgate_tokenreviews_total',
+      help: 'TokenReview lookups against clusters, by result (authenticated, rejected, error, limited).',
+      labelNames: ['tenant', 'cluster', 'result'] as const,
+      registers,
+    }),
     goaways: new Counter({
       name: 'meshgate_http2_goaways_total',
       help: 'HTTP/2 GOAWAY frames received and sent: with istiod (by tenant), with clients (by listener).',

@@ -25,6 +25,8 @@ export interface RequestContext {
   upstreamStatus?: number;
   /** For gRPC streams: the grpc-status the client was sent. */
   grpcStatus?: string | undefined;
+  /** The renderer of the plane the path claims, chosen before the path is checked. */
+  render?: ((exchange: Exchange, error: MeshgateError) => void) | undefined;
 }
 
 export interface RoutedContext extends RequestContext {
@@ -42,4 +44,8 @@ export interface Plane<TenantState = unknown> {
   handle(context: RoutedContext, state: TenantState | undefined): Promise<void>;
   /** Releases what `build` opened (connection pools), once the snapshot is retired. */
   dispose?(state: TenantState): void;
+  /** Whether it takes HTTP/1.1 `Upgrade` requests; other planes refuse them. */
+  readonly upgrades?: boolean;
+  /** Renders its errors its own way (a Kubernetes Status); the default is JSON or a gRPC status. */
+  readonly renderError?: (exchange: Exchange, error: MeshgateError) => void;
 }

@@ -26,6 +26,7 @@ export interface SnapshotOptions {
   readonly planes: readonly Plane[];
   readonly onTokenCacheLookup?: (hit: boolean) => void;
   readonly onJwksLoad?: TenantEnvironment['onJwksLoad'];
+  readonly onTokenReview?: TenantEnvironment['onTokenReview'];
 }
 
 export function buildSnapshot(loaded: LoadedConfig, options: SnapshotOptions): Snapshot {
@@ -36,7 +37,7 @@ export function buildSnapshot(loaded: LoadedConfig, options: SnapshotOptions): S
     onLookup: options.onTokenCacheLookup,
   });
   const tenants = config.tenants.map((t) =>
-    buildTenantCore(t, { files, config, tokenCache, onJwksLoad: options.onJwksLoad }),
+    buildTenantCore(t, { files, config, tokenCache, onJwksLoad: options.onJwksLoad, onTokenReview: options.onTokenReview }),
   );
 
   const exact = new Map<string, TenantCore>();

@@ -8,7 +8,8 @@ import { createSecureContext, type SecureContext } from 'node:tls';
 import type { ClientCertificateTrust } from '../auth/client-cert.js';
 import type { Identity } from '../auth/identity.js';
 import { createJwksSource, loadJwksFile, loadJwksUrl, type JwksSource } from '../auth/jwks.js';
-import { createTokenVerifier, type TokenVerifier } from '../auth/jwt.js';
+import { createTokenVerifier, type TokenIssuer, type TokenVerifier } from '../auth/jwt.js';
+import { createTokenReviewer } from '../auth/token-review.js';
 import type { TokenCache } from '../auth/token-cache.js';
 import type { ConfigFiles } from '../config/files.js';
 import type { ClusterConfig, Config, TenantConfig } from '../config/schema.js';
@@ -41,6 +42,7 @@ export interface TenantEnvironment {
   readonly config: Config;
   readonly tokenCache: TokenCache<Identity>;
   readonly onJwksLoad?: (tenant: string, cluster: string, result: 'success' | 'failure', error?: unknown) => void;
+  readonly onTokenReview?: (tenant: string, cluster: string, result: string) => void;
 }
 
 export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): TenantCore {
@@ -56,8 +58,24 @@ export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): T
 
   const { jwks: jwksSettings } = env.config.auth;
   const jwks = new Map<string, JwksSource>();
+  const issuers: TokenIssuer[] = [];
   for (const cluster of config.clusters) {
     const source = cluster.jwks;
+    if (source === undefined) {
+      // The schema guarantees one of the two, and an apiServer with meshgate's own credential.
+      if (cluster.tokenReview === undefined || cluster.apiServer === undefined) continue;
+      const review = createTokenReviewer({
+        tenant: config.id,
+        cluster: cluster.id,
+        apiServer: cluster.apiServer,
+        settings: cluster.tokenReview,
+        files,
+        maxEntries: env.config.auth.tokenCache.maxEntries,
+        onReview: (result) => env.onTokenReview?.(config.id, cluster.id, result),
+      });
+      issuers.push({ cluster: cluster.id, issuer: cluster.issuer, review });
+      continue;
+    }
     jwks.set(
       cluster.id,
       createJwksSource({
@@ -75,6 +93,7 @@ export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): T
         onLoad: (result, error) => env.onJwksLoad?.(config.id, cluster.id, result, error),
       }),
     );
+    issuers.push({ cluster: cluster.id, issuer: cluster.issuer, keys: jwks.get(cluster.id) as JwksSource });
   }
 
   return {
@@ -86,7 +105,7 @@ export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): T
     clusters: new Map(config.clusters.map((c) => [c.id, c])),
     tokens: createTokenVerifier({
       tenant: config.id,
-      issuers: config.clusters.map((c) => ({ cluster: c.id, issuer: c.issuer, keys: jwks.get(c.id) as JwksSource })),
+      issuers,
       clockToleranceMs: env.config.auth.clockTolerance,
       cache: env.tokenCache,
     }),

@@ -1,0 +1,257 @@
+/**
+ * The kube plane: istiod (remote secrets), Kiali, kubectl and istioctl reaching a tenant's mesh
+ * cluster API servers at `/clusters/<clusterId>/<kubernetes path>`, on the tenant's own host.
+ *
+ *   route (the cluster must be the SNI tenant's) → authenticate (client certificate or a token of
+ *   that cluster) → attributes (RequestInfo) → the tenant's kube rules → upstream credentials
+ *   (the caller's token, or meshgate's own with Impersonate-*) → forward, stream or tunnel
+ *
+ * Client-sent `Impersonate-*` never gets this far: header hygiene removed it, in any spelling,
+ * and refused a `Connection:` that names it. meshgate's own are set last, replacing.
+ */
+import { createAuthenticator, type Authenticated, type Authenticator } from '../../auth/authenticate.js';
+import type { Identity } from '../../auth/identity.js';
+import type { KubeSettings } from '../../config/schema.js';
+import { MeshgateError } from '../../errors.js';
+import { forwardHttp } from '../../forward/http.js';
+import { openTunnel } from '../../forward/tunnel.js';
+import { createHttpUpstream, type HttpUpstream } from '../../forward/upstream.js';
+import { outboundHeaders } from '../../http/outbound.js';
+import type { Exchange } from '../../listener/exchange.js';
+import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
+import { isLongRunning, parseKubeRequest, type KubeRequest } from '../../policy/kube-request.js';
+import { createKubeDecision, type KubeDecision } from '../../policy/kube-rules.js';
+import type { Plane } from '../plane.js';
+import { renderKubeError } from './status.js';
+import { takeWebSocketBearer } from './websocket-bearer.js';
+
+type Credential = { readonly kind: 'passthrough' } | { readonly kind: 'token'; readonly token: string } | { readonly kind: 'certificate' };
+
+interface KubeCluster {
+  readonly id: string;
+  readonly upstream: HttpUpstream;
+  /** The API server URL's own path (a proxy in front of it), without a trailing "/". */
+  readonly basePath: string;
+  readonly credential: Credential;
+}
+
+export interface KubeState {
+  readonly settings: KubeSettings;
+  readonly clusters: ReadonlyMap<string, KubeCluster>;
+  readonly authenticate: Authenticator;
+  readonly sameTenant: Authorizer;
+  readonly decide: KubeDecision;
+}
+
+export interface KubePlaneHooks {
+  readonly onRequest?: (tenant: string, cluster: string, verb: string, code: string) => void;
+  readonly onWatch?: (tenant: string, cluster: string, delta: 1 | -1) => void;
+  readonly onTunnel?: (tenant: string, cluster: string, protocol: string, delta: 1 | -1) => void;
+  readonly onUpstreamLatency?: (tenant: string, cluster: string, seconds: number) => void;
+}
+
+const UPGRADES = new Set(['websocket', 'spdy/3.1']);
+const TUNNEL_SUBRESOURCES = new Set(['exec', 'attach', 'portforward']);
+const VERBS = new Set(['get', 'list', 'watch', 'create', 'update', 'patch', 'delete', 'deletecollection', 'proxy']);
+
+export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
+  return {
+    name: 'kube',
+
+    owns: (path) => path.startsWith('/clusters/'),
+
+    upgrades: true,
+
+    renderError: renderKubeError,
+
+    build(tenant) {
+      const clusters = new Map<string, KubeCluster>();
+      for (const cluster of tenant.config.clusters) {
+        const server = cluster.apiServer;
+        if (server === undefined) continue;
+        const credentials = server.credentials;
+        const certificate =
+          typeof credentials === 'object' && 'cert' in credentials
+            ? { cert: tenant.files.text(credentials.cert), key: tenant.files.text(credentials.key) }
+            : undefined;
+        clusters.set(cluster.id, {
+          id: cluster.id,
+          // One pool per cluster: a connection made for one cluster never carries another's request.
+          upstream: createHttpUpstream(server, tenant.files, {
+            allowLoopback: tenant.allowLoopbackUpstreams,
+            clientCertificate: certificate,
+            // Watches hold a connection each; the tenant's stream limit bounds them.
+            maxSockets: Number.POSITIVE_INFINITY,
+          }),
+          basePath: new URL(server.url).pathname.replace(/\/+$/, ''),
+          credential:
+            credentials === 'passthrough'
+              ? { kind: 'passthrough' }
+              : 'tokenFile' in credentials
+                ? { kind: 'token', token: tenant.files.text(credentials.tokenFile).trim() }
+                : { kind: 'certificate' },
+        });
+      }
+      if (clusters.size === 0) return undefined;
+      const settings = tenant.config.kube;
+      return {
+        settings,
+        clusters,
+        authenticate: createAuthenticator({
+          methods: settings.authentication,
+          // A service-account token's audience is its API server's: by default, the issuer.
+          audiences: settings.audiences ?? [...new Set(tenant.config.clusters.map((c) => c.issuer))],
+          certificates: tenant.certificates,
+          tokens: tenant.tokens,
+        }),
+        sameTenant: createAuthorizer(tenant.id, undefined),
+        decide: createKubeDecision(tenant.config.access.kube ?? []),
+      };
+    },
+
+    dispose(state) {
+      for (const cluster of state.clusters.values()) cluster.upstream.close();
+    },
+
+    async handle(context, state) {
+      const { exchange, target } = context;
+      const route = clusterRoute(target.path);
+      const cluster = state?.clusters.get(route.cluster);
+      // The same answer whether the cluster is another tenant's, unknown, or has no API server.
+      if (!state || !cluster) throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_CLUSTER', { detail: `cluster ${route.cluster}` });
+      const tenant = context.tenant.id;
+      let request: KubeRequest | undefined;
+      let code = '';
+      try {
+        refuseUnsupportedUpgrade(exchange);
+        const bearer = takeWebSocketBearer(exchange.headers);
+        const authenticated = await state.authenticate({ socket: exchange.socket, authorization: bearer ?? exchange.headers.authorization });
+        context.authenticated = authenticated;
+        const actor = actorOf(authenticated, cluster);
+        state.sameTenant(actor);
+        request = parseKubeRequest(exchange.method, route.path, target.query);
+        state.decide(actor, cluster.id, request);
+
+        const headers = upstreamHeaders(exchange, cluster, authenticated, actor);
+        const path = `${cluster.basePath}${route.path}${target.query === undefined ? '' : `?${target.query}`}`;
+        const started = performance.now();
+        const onResponse = (status: number): void => {
+          code = String(status);
+          hooks.onUpstreamLatency?.(tenant, cluster.id, (performance.now() - started) / 1000);
+        };
+
+        if (exchange.protocol === 'upgrade') {
+          if (!TUNNEL_SUBRESOURCES.has(request.subresource) || request.resource !== 'pods') {
+            throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', { message: 'upgrades are for pods exec, attach and portforward only' });
+          }
+          const protocol = exchange.upgrade.toLowerCase() === 'websocket' ? 'websocket' : 'spdy';
+          const result = await openTunnel(exchange, {
+            upstream: cluster.upstream,
+            path,
+            headers,
+            handshakeTimeoutMs: state.settings.requestTimeout,
+            onResponse,
+            onOpen: () => {
+              hooks.onTunnel?.(tenant, cluster.id, protocol, 1);
+              return () => hooks.onTunnel?.(tenant, cluster.id, protocol, -1);
+            },
+          });
+          context.upstreamStatus = result.status;
+          return;
+        }
+
+        const longRunning = isLongRunning(request, target.query);
+        const watching = request.verb === 'watch';
+        if (watching) hooks.onWatch?.(tenant, cluster.id, 1);
+        try {
+          const result = await forwardHttp(exchange, {
+            upstream: cluster.upstream,
+            path,
+            headers,
+            body: exchange.hasBody ? 'stream' : undefined,
+            timeoutMs: longRunning ? undefined : state.settings.requestTimeout,
+            onResponse,
+          });
+          context.upstreamStatus = result.status;
+          if (result.error) context.error = result.error;
+        } finally {
+          if (watching) hooks.onWatch?.(tenant, cluster.id, -1);
+        }
+      } catch (err) {
+        code = err instanceof MeshgateError ? String(err.status) : '500';
+        throw err;
+      } finally {
+        const verb = request?.verb ?? '';
+        hooks.onRequest?.(tenant, cluster.id, VERBS.has(verb) ? verb : request?.resourceRequest === false ? 'nonresource' : 'other', code || '0');
+      }
+    },
+  };
+}
+
+/** `/clusters/acme-east/api/v1/pods` → acme-east and `/api/v1/pods`. The path is already canonical. */
+function clusterRoute(path: string): { cluster: string; path: string } {
+  const rest = path.slice('/clusters/'.length);
+  const slash = rest.indexOf('/');
+  return slash === -1 ? { cluster: rest, path: '/' } : { cluster: rest.slice(0, slash), path: rest.slice(slash) };
+}
+
+/**
+ * Upgrades are HTTP/1.1 only. Over HTTP/2, an `Upgrade` header is a protocol error that nghttp2
+ * refuses before meshgate sees it; CONNECT (RFC 8441's WebSocket) is refused here.
+ */
+function refuseUnsupportedUpgrade(exchange: Exchange): void {
+  if (exchange.protocol === 'h2' && (exchange.method === 'CONNECT' || exchange.headers[':protocol'] !== undefined)) {
+    throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', {
+      message: 'exec, attach and port-forward need HTTP/1.1 (WebSocket or SPDY/3.1), not HTTP/2',
+    });
+  }
+  if (exchange.protocol === 'upgrade' && !UPGRADES.has(exchange.upgrade.toLowerCase())) {
+    throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', { message: `Upgrade "${exchange.upgrade.slice(0, 40)}" is not supported: use websocket or SPDY/3.1` });
+  }
+}
+
+/**
+ * Who the API server will see. With the caller's own token (passthrough), the token's identity;
+ * with meshgate's credential, the certificate's identity if one was presented, else the token's.
+ * A token always has to be this cluster's: one cluster's token is never sent to, or vouched for
+ * on, another.
+ */
+function actorOf(authenticated: Authenticated, cluster: KubeCluster): Identity {
+  const { bearer, identity } = authenticated;
+  if (bearer && bearer.identity.cluster !== cluster.id) {
+    throw new MeshgateError('MG_ERR_AUTHZ_CLUSTER_MISMATCH', { detail: `token of ${bearer.identity.cluster ?? '?'} for cluster ${cluster.id}` });
+  }
+  if (cluster.credential.kind === 'passthrough') {
+    if (!bearer) {
+      throw new MeshgateError('MG_ERR_AUTHN_REQUIRED', { message: `cluster ${cluster.id} takes the caller's own bearer token` });
+    }
+    return bearer.identity;
+  }
+  if (identity.method === 'clientCertificate') {
+    const reserved = [identity.subject, ...(identity.groups ?? [])].find((name) => name.startsWith('system:'));
+    if (reserved !== undefined) throw new MeshgateError('MG_ERR_KUBE_IDENTITY_RESERVED', { detail: `certificate claims ${reserved}` });
+  }
+  return identity;
+}
+
+function upstreamHeaders(exchange: Exchange, cluster: KubeCluster, authenticated: Authenticated, actor: Identity): Record<string, string | string[]> {
+  const own: Record<string, string | string[]> = {};
+  const credential = cluster.credential;
+  if (credential.kind === 'passthrough') {
+    own.authorization = `Bearer ${authenticated.bearer?.token ?? ''}`;
+  } else {
+    if (credential.kind === 'token') own.authorization = `Bearer ${credential.token}`;
+    // Set, never appended: the API server unions repeated Impersonate-Group values.
+    own['impersonate-user'] = actor.subject;
+    const groups = actor.groups ?? [];
+    if (groups.length > 0) own['impersonate-group'] = [...groups];
+  }
+  // The body streams through, so its framing must too.
+  const length = exchange.headers['content-length'];
+  if (exchange.protocol !== 'upgrade' && exchange.hasBody) {
+    if (typeof length === 'string') own['content-length'] = length;
+    else own['transfer-encoding'] = 'chunked';
+  }
+  const headers = outboundHeaders(exchange, own);
+  return headers as Record<string, string | string[]>;
+}
