@@ -189,7 +189,7 @@ const kubePolicyRule = z
     resources: z.array(z.string().min(1)).optional(),
     namespaces: z.array(z.string().min(1)).optional(),
     names: z.array(z.string().min(1)).optional(),
-    nonResourceURLs: z.array(z.string().regex(/^\//, 'a path starting with "/"')).optional(),
+    nonResourceURLs: z.array(z.string().regex(/^(\/|\*$)/, 'a path starting with "/", or "*"')).optional(),
   })
   .check((ctx) => {
     const { apiGroups, resources, nonResourceURLs, namespaces, names } = ctx.value;

@@ -81,6 +81,12 @@ async function handle(
   context.tenant = tenant;
   limits.checkConnection(exchange.socket);
   holdSlot(limits.acquireStream(tenant));
+  // CONNECT, plain or extended (RFC 8441 WebSocket), is how HTTP/2 would upgrade: never forwarded.
+  if (exchange.protocol === 'h2' && (exchange.method === 'CONNECT' || exchange.headers[':protocol'] !== undefined)) {
+    throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', {
+      message: 'exec, attach and port-forward need HTTP/1.1 (WebSocket or SPDY/3.1), not HTTP/2',
+    });
+  }
   const target = parseRequestTarget(exchange.target);
   context.target = target;
   const plane = planes.find((p) => p.owns(target.path, exchange));

@@ -20,6 +20,11 @@ function curl(info: SandboxInfo, host: string, port: number, extra: readonly str
   return ['curl -sS', `--resolve ${host}:${port}:127.0.0.1`, `--cacert ${quote(info.caFile)}`, ...extra].join(' \\\n    ');
 }
 
+/** kubectl with one of the sandbox's kubeconfigs (they dial 127.0.0.1 with the tenant's host as tls-server-name). */
+function kubectl(kubeconfig: string, extra: readonly string[]): string {
+  return [`kubectl --kubeconfig ${quote(kubeconfig)}`, ...extra].join(' ');
+}
+
 export function sandboxGuide(info: SandboxInfo): string {
   const acme = info.tenants.acme;
   const globex = info.tenants.globex;
@@ -30,6 +35,8 @@ export function sandboxGuide(info: SandboxInfo): string {
   const json = `-H 'content-type: application/json'`;
   const acmeCert = [`--cert ${quote(acme.clientCert)}`, `--key ${quote(acme.clientKey)}`];
   const globexCluster = globex.clusters[0] ?? '';
+  const acmeEast = acme.kubeconfigs['acme-east'] ?? '';
+  const globexMain = globex.kubeconfigs[globexCluster] ?? '';
 
   const lines = [
     'meshgate sandbox is running.',
@@ -62,7 +69,16 @@ export function sandboxGuide(info: SandboxInfo): string {
     "   …and istioctl asks acme's istiod which proxies are connected (istio.io/debug/syncz), with a client certificate:",
     `  ${xds(info, acme.host, [...acmeCert, '--type syncz'])}`,
     '',
-    '6. What meshgate counted:',
+    "6. istiod and Kiali reach a tenant's clusters' Kubernetes API through meshgate (/clusters/<id>).",
+    "   acme's operator certificate, on acme-east (meshgate's own token upstream, the operator impersonated):",
+    `  ${kubectl(acmeEast, ['get pods -n bookinfo'])}`,
+    `  ${kubectl(acmeEast, ['auth whoami'])}`,
+    `  ${kubectl(acmeEast, [`exec -n bookinfo "$(${kubectl(acmeEast, ['get pods -n bookinfo -o name'])} | head -1)" -- echo hello from acme-east`])}`,
+    "   …globex's own token, passed through to globex-main; and acme's kubeconfig turned at globex's cluster is refused:",
+    `  ${kubectl(globexMain, ['get pods -n bookinfo --watch --output-watch-events'])}`,
+    `  ${kubectl(acmeEast, [`--server https://127.0.0.1:${apiPort}/clusters/${globexCluster}`, 'get pods -n bookinfo'])}`,
+    '',
+    '7. What meshgate counted:',
     `  curl -sS ${info.admin}/metrics | grep '^meshgate_http_requests_total'`,
     '',
     'Requests appear below as meshgate and the stand-in istiods see them. Ctrl-C stops everything.',

@@ -25,9 +25,13 @@ export interface TenantPki {
 export interface SandboxPki {
   /** The CA of meshgate's server certificates: what clients trust. */
   readonly ca: string;
-  /** The CA of the clusters' OIDC endpoints (the JWKS stand-in's certificate). */
+  /** The CA of the clusters' API servers (and their OIDC endpoints), and of meshgate's client certificate to them. */
   readonly clusterCa: string;
-  readonly jwksServer: IssuedCertificate;
+  readonly clusterCaCert: string;
+  /** The stand-in API servers' serving certificate (127.0.0.1). */
+  readonly apiServer: IssuedCertificate;
+  /** meshgate's own client certificate for API servers that take one (CN meshgate). */
+  readonly meshgateClient: PemFiles;
   readonly tenants: ReadonlyMap<string, TenantPki>;
 }
 
@@ -49,7 +53,10 @@ export async function createSandboxPki(dir: string, tenants: readonly { id: stri
     createCertificateAuthority('meshgate sandbox server CA'),
     createCertificateAuthority('meshgate sandbox cluster CA'),
   ]);
-  const jwksServer = issueCertificate(clusterCa, { commonName: '127.0.0.1', ipAddresses: ['127.0.0.1'], usage: 'server' });
+  const [apiServer, meshgateClient] = await Promise.all([
+    issueCertificate(clusterCa, { commonName: '127.0.0.1', ipAddresses: ['127.0.0.1'], usage: 'server' }),
+    issueCertificate(clusterCa, { commonName: 'meshgate', organization: 'meshgate', usage: 'client' }),
+  ]);
 
   const perTenant = await Promise.all(
     tenants.map(async ({ id, host }): Promise<[string, TenantPki]> => {
@@ -89,7 +96,9 @@ export async function createSandboxPki(dir: string, tenants: readonly { id: stri
   return {
     ca: writeFile(join(certs, 'ca.pem'), serverCa.cert),
     clusterCa: writeFile(join(certs, 'cluster-ca.pem'), clusterCa.cert),
-    jwksServer: await jwksServer,
+    clusterCaCert: clusterCa.cert,
+    apiServer,
+    meshgateClient: writePair(certs, 'meshgate-cluster-client', meshgateClient),
     tenants: new Map(perTenant),
   };
 }

@@ -1,32 +1,46 @@
 /**
  * The embedded default: meshgate in front of two tenants, `acme` and `globex`, each with a
- * stand-in istiod (webhook and debug) and clusters whose token issuers are stand-ins too. It
- * generates its PKI, keys and tokens, writes a real meshgate config and loads it through the
- * real loader, and describes everything in `sandbox.json` (a contract: extended, never renamed).
+ * stand-in istiod (xDS, webhook and debug) and clusters whose kube-apiservers (and token issuers)
+ * are stand-ins too. It generates its PKI, keys and tokens, writes a real meshgate config and
+ * loads it through the real loader, and describes everything in `sandbox.json` (a contract:
+ * extended, never renamed).
  *
- * All three clusters use the same issuer string, as kind clusters do: only their signing keys
+ * The clusters show the three ways meshgate checks tokens and reaches an API server:
+ *  - acme-east: keys from the cluster's OIDC endpoint; meshgate's own token, with impersonation;
+ *  - acme-west: no keys (TokenReview); meshgate's own client certificate, with impersonation;
+ *  - globex-main: keys from a file; the caller's own token passed through.
+ * acme-east and globex-main share an issuer string, as kind clusters do: only their signing keys
  * tell them apart, which is exactly what meshgate relies on.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { loadConfig } from '../config/load.js';
 import { buildGateway, type Gateway } from '../gateway/build.js';
 import type { Logger } from '../observability/logger.js';
 import { createIssuer, type Issuer } from './issuer.js';
-import { createSandboxPki, writeFile } from './pki.js';
+import { createSandboxPki, writeFile, type SandboxPki } from './pki.js';
 import { startIstiodStandIn, type IstiodStandIn, type RecordedRequest } from './standins/istiod.js';
 import { startXdsStandIn, type RecordedCall, type XdsStandIn } from './standins/istiod-xds.js';
-import { startJwksServer, type JwksServer } from './standins/jwks-server.js';
+import { startKubeApiServerStandIn, type KubeApiServerStandIn, type RecordedKubeRequest } from './standins/kube-apiserver.js';
+import { kubeconfig } from '../cli/kubeconfig.js';
 
 export const SANDBOX_ISSUER = 'https://kubernetes.default.svc.cluster.local';
 export const SANDBOX_DOMAIN = 'meshgate.test';
 export const WEBHOOK_AUDIENCE = 'meshgate-webhook';
 
+/** How meshgate checks a cluster's tokens, and what it presents to the cluster's API server. */
+interface ClusterPlan {
+  readonly id: string;
+  readonly algorithm: 'RS256' | 'ES256';
+  readonly tokens: 'jwksUrl' | 'jwksFile' | 'tokenReview';
+  readonly credentials: 'token' | 'certificate' | 'passthrough';
+}
+
 interface TenantPlan {
   readonly id: string;
-  readonly clusters: readonly { id: string; algorithm: 'RS256' | 'ES256'; jwks: 'url' | 'file' }[];
+  readonly clusters: readonly ClusterPlan[];
   readonly webhookAuth: readonly ('clientCertificate' | 'token' | 'pathKey')[];
 }
 
@@ -34,13 +48,18 @@ const PLAN: readonly TenantPlan[] = [
   {
     id: 'acme',
     clusters: [
-      { id: 'acme-east', algorithm: 'ES256', jwks: 'url' },
-      { id: 'acme-west', algorithm: 'RS256', jwks: 'url' },
+      { id: 'acme-east', algorithm: 'ES256', tokens: 'jwksUrl', credentials: 'token' },
+      { id: 'acme-west', algorithm: 'RS256', tokens: 'tokenReview', credentials: 'certificate' },
     ],
     webhookAuth: ['clientCertificate', 'token'],
   },
-  { id: 'globex', clusters: [{ id: 'globex-main', algorithm: 'RS256', jwks: 'file' }], webhookAuth: ['pathKey'] },
+  { id: 'globex', clusters: [{ id: 'globex-main', algorithm: 'RS256', tokens: 'jwksFile', credentials: 'passthrough' }], webhookAuth: ['pathKey'] },
 ];
+
+/** A cluster whose keys meshgate never sees has an issuer of its own, as managed clusters do. */
+const issuerOf = (cluster: ClusterPlan): string => (cluster.tokens === 'tokenReview' ? `https://oidc.${cluster.id}.${SANDBOX_DOMAIN}` : SANDBOX_ISSUER);
+/** meshgate's own service account on the clusters that take its token. */
+const MESHGATE_SERVICE_ACCOUNT = { namespace: 'meshgate-system', serviceAccount: 'meshgate' };
 
 export interface SandboxOptions {
   readonly dir?: string;
@@ -49,6 +68,9 @@ export interface SandboxOptions {
   readonly logger?: Logger;
   readonly onIstiodRequest?: (tenant: string, request: RecordedRequest) => void;
   readonly onIstiodCall?: (tenant: string, call: RecordedCall) => void;
+  readonly onKubeRequest?: (cluster: string, request: RecordedKubeRequest) => void;
+  /** How often the stand-in API servers change a pod (watches see MODIFIED events); default 5 s. */
+  readonly podChangeIntervalMs?: number;
 }
 
 export interface SandboxTenantInfo {
@@ -65,6 +87,10 @@ export interface SandboxTenantInfo {
   readonly istiod: { readonly webhook: string; readonly debug: string; readonly xds: string };
   /** The mesh CA (the root of workload certificates istiod's CA signs). */
   readonly meshCaFile: string;
+  /** Per cluster, a kubeconfig that reaches it through meshgate with this tenant's credential. */
+  readonly kubeconfigs: Readonly<Record<string, string>>;
+  /** Per cluster, the stand-in kube-apiserver's own URL (not through meshgate). */
+  readonly kubeApiServers: Readonly<Record<string, string>>;
 }
 
 export interface SandboxInfo {
@@ -84,21 +110,37 @@ export interface Sandbox {
   readonly istiods: ReadonlyMap<string, IstiodStandIn>;
   readonly xdsIstiods: ReadonlyMap<string, XdsStandIn>;
   readonly issuers: ReadonlyMap<string, Issuer>;
-  readonly jwksServer: JwksServer;
+  readonly kubeApiServers: ReadonlyMap<string, KubeApiServerStandIn>;
   close(): Promise<void>;
 }
 
 export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbox> {
   const dir = resolve(options.dir ?? '.meshgate-sandbox');
-  for (const sub of ['certs', 'tokens', 'keys']) mkdirSync(join(dir, sub), { recursive: true });
+  for (const sub of ['certs', 'tokens', 'keys', 'kubeconfigs']) mkdirSync(join(dir, sub), { recursive: true });
   const hostOf = (tenant: string): string => `${tenant}.${SANDBOX_DOMAIN}`;
   const pki = await createSandboxPki(dir, PLAN.map((t) => ({ id: t.id, host: hostOf(t.id) })));
 
   const issuers = new Map<string, Issuer>();
+  const kubeApiServers = new Map<string, KubeApiServerStandIn>();
   for (const tenant of PLAN) {
-    for (const cluster of tenant.clusters) issuers.set(cluster.id, await createIssuer(cluster.id, SANDBOX_ISSUER, cluster.algorithm));
+    for (const cluster of tenant.clusters) {
+      const issuer = await createIssuer(cluster.id, issuerOf(cluster), cluster.algorithm);
+      issuers.set(cluster.id, issuer);
+      kubeApiServers.set(
+        cluster.id,
+        await startKubeApiServerStandIn({
+          cluster: cluster.id,
+          tls: pki.apiServer,
+          clientCa: pki.clusterCaCert,
+          issuer,
+          // Only meshgate's own identity may impersonate: its token's, or its certificate's.
+          impersonators: [`system:serviceaccount:${MESHGATE_SERVICE_ACCOUNT.namespace}:${MESHGATE_SERVICE_ACCOUNT.serviceAccount}`, 'meshgate'],
+          podChangeIntervalMs: options.podChangeIntervalMs ?? 5_000,
+          onRequest: (request) => options.onKubeRequest?.(cluster.id, request),
+        }),
+      );
+    }
   }
-  const jwksServer = await startJwksServer([...issuers.values()], pki.jwksServer);
   const istiods = new Map<string, IstiodStandIn>();
   const xdsIstiods = new Map<string, XdsStandIn>();
   for (const tenant of PLAN) {
@@ -170,16 +212,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         debug: { url: istiod.debugUrl, token: { file: ownDebugToken, cluster: first.id } },
         xds: { url: xdsIstiod.url, ca: tls.istiodCa, serverName: `istiod.${tenant.id}-cp.svc`, token: { file: ownDebugToken, cluster: first.id } },
       },
-      clusters: tenant.clusters.map((c) => ({
-        id: c.id,
-        issuer: SANDBOX_ISSUER,
-        jwks:
-          c.jwks === 'url'
-            ? { url: jwksServer.jwksUrl(c.id), ca: pki.clusterCa }
-            : {
-                file: writeFile(join(dir, 'keys', `${c.id}-jwks.json`), JSON.stringify(issuers.get(c.id)?.jwks(), null, 2)),
-              },
-      })),
+      clusters: await Promise.all(tenant.clusters.map((c) => clusterConfig(c, dir, pki, issuers, kubeApiServers))),
       webhook: {
         authentication: tenant.webhookAuth,
         audiences: [WEBHOOK_AUDIENCE],
@@ -188,9 +221,22 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       debug: { authentication: ['token', 'clientCertificate'] },
       xds: { authentication: ['token', 'clientCertificate'] },
       // Certificate callers use meshgate's own istiod token: only the tenant's istio-system identities may.
+      kube: { authentication: ['token', 'clientCertificate'] },
       access: {
         debug: [{ method: 'token' }, { method: 'clientCertificate', uri: `spiffe://${hostOf(tenant.id)}/ns/istio-system/*` }],
         xds: [{ method: 'token' }, { method: 'clientCertificate', uri: `spiffe://${hostOf(tenant.id)}/ns/istio-system/*` }],
+        kube: [
+          // istiod's remote secret, and Kiali: the ready-made profiles (plus `kubectl auth whoami`).
+          { subject: 'system:serviceaccount:istio-system:istiod', profiles: ['istiod'], allow: [WHOAMI] },
+          { subject: 'system:serviceaccount:istio-system:kiali', profiles: ['kiali-readonly'] },
+          // The tenant's operators, by client certificate: anything but secrets.
+          {
+            method: 'clientCertificate',
+            uri: `spiffe://${hostOf(tenant.id)}/ns/istio-system/*`,
+            allow: [{ verbs: ['*'], apiGroups: ['*'], resources: ['*'] }, { verbs: ['get'], nonResourceURLs: ['*'] }],
+            deny: [{ verbs: ['*'], apiGroups: [''], resources: ['secrets'] }],
+          },
+        ],
       },
     });
   }
@@ -208,7 +254,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
           xds: { host: '127.0.0.1', port: port(1), planes: ['xds'], http2: { maxConcurrentStreams: 4096, maxSessionMemory: 128 } },
           // gRPC on the webhook port too: istioctl finds istiod by the injection webhook's host:port.
           webhook: { host: '127.0.0.1', port: port(2), planes: ['webhook', 'xds'] },
-          api: { host: '127.0.0.1', port: port(3), planes: ['debug'] },
+          api: { host: '127.0.0.1', port: port(3), planes: ['debug', 'kube'] },
         },
         tenants: tenantConfigs,
       }),
@@ -220,8 +266,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     addresses = await gateway.listen();
   } catch (err) {
     await gateway.close(0);
-    await Promise.all([...istiods.values(), ...xdsIstiods.values()].map((i) => i.close()));
-    await jwksServer.close();
+    await Promise.all([...istiods.values(), ...xdsIstiods.values(), ...kubeApiServers.values()].map((i) => i.close()));
     throw err;
   }
   const endpoint = (name: 'xds' | 'webhook' | 'api'): { host: string; port: number } => {
@@ -253,6 +298,26 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       webhookAuthentication: tenant.webhookAuth,
       istiod: { webhook: istiod.webhookUrl, debug: istiod.debugUrl, xds: xdsIstiods.get(tenant.id)?.url ?? '' },
       meshCaFile: tls.istiodCa,
+      kubeconfigs: Object.fromEntries(
+        tenant.clusters.map((c) => {
+          // Clusters that see meshgate's credential take the tenant's certificate; passthrough needs a token of the cluster.
+          const credential =
+            c.credentials === 'passthrough'
+              ? { token: minted.kube }
+              : { clientCert: { cert: readFileSync(tls.client.cert, 'utf8'), key: readFileSync(tls.client.key, 'utf8') } };
+          const text = kubeconfig({
+            tenant: tenant.id,
+            cluster: c.id,
+            host: hostOf(tenant.id),
+            port: listeners.api.port,
+            connectTo: '127.0.0.1',
+            ca: readFileSync(pki.ca, 'utf8'),
+            ...credential,
+          });
+          return [c.id, writeFile(join(dir, 'kubeconfigs', `${tenant.id}-${c.id}.yaml`), text, true)];
+        }),
+      ),
+      kubeApiServers: Object.fromEntries(tenant.clusters.map((c) => [c.id, kubeApiServers.get(c.id)?.url ?? ''])),
     };
   }
 
@@ -274,13 +339,42 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     istiods,
     xdsIstiods,
     issuers,
-    jwksServer,
+    kubeApiServers,
     async close() {
       await gateway.close(1_000);
-      await Promise.all([...istiods.values(), ...xdsIstiods.values()].map((i) => i.close()));
-      await jwksServer.close();
+      await Promise.all([...istiods.values(), ...xdsIstiods.values(), ...kubeApiServers.values()].map((i) => i.close()));
     },
   };
+}
+
+/** `kubectl auth whoami`. */
+const WHOAMI = { verbs: ['create'], apiGroups: ['authentication.k8s.io'], resources: ['selfsubjectreviews'] };
+
+/** One cluster of the meshgate config: how its tokens are checked, and how its API server is reached. */
+async function clusterConfig(
+  cluster: ClusterPlan,
+  dir: string,
+  pki: SandboxPki,
+  issuers: ReadonlyMap<string, Issuer>,
+  apiServers: ReadonlyMap<string, KubeApiServerStandIn>,
+): Promise<object> {
+  const issuer = issuers.get(cluster.id);
+  const apiServer = apiServers.get(cluster.id);
+  if (!issuer || !apiServer) throw new Error(`incomplete sandbox cluster ${cluster.id}`);
+  const tokens =
+    cluster.tokens === 'jwksUrl'
+      ? { jwks: { url: `${apiServer.url}/openid/v1/jwks`, ca: pki.clusterCa } }
+      : cluster.tokens === 'jwksFile'
+        ? { jwks: { file: writeFile(join(dir, 'keys', `${cluster.id}-jwks.json`), JSON.stringify(issuer.jwks(), null, 2)) } }
+        : { tokenReview: {} };
+  let credentials: object | string = 'passthrough';
+  if (cluster.credentials === 'token') {
+    const token = await issuer.mint({ ...MESHGATE_SERVICE_ACCOUNT, audience: issuer.issuer });
+    credentials = { tokenFile: writeFile(join(dir, 'tokens', `meshgate-${cluster.id}.jwt`), `${token}\n`, true) };
+  } else if (cluster.credentials === 'certificate') {
+    credentials = { cert: pki.meshgateClient.cert, key: pki.meshgateClient.key };
+  }
+  return { id: cluster.id, issuer: issuer.issuer, ...tokens, apiServer: { url: apiServer.url, ca: pki.clusterCa, credentials } };
 }
 
 /** What a kube-apiserver sends for a pod creation, trimmed. */

@@ -196,15 +196,11 @@ function clusterRoute(path: string): { cluster: string; path: string } {
 }
 
 /**
- * Upgrades are HTTP/1.1 only. Over HTTP/2, an `Upgrade` header is a protocol error that nghttp2
- * refuses before meshgate sees it; CONNECT (RFC 8441's WebSocket) is refused here.
+ * Upgrades are HTTP/1.1 only, WebSocket or SPDY/3.1 (h2c, TLS/1.0 and the rest are refused). Over
+ * HTTP/2, CONNECT is refused by the request handler, and an `Upgrade` header is a protocol error
+ * that nghttp2 resets before meshgate sees it.
  */
 function refuseUnsupportedUpgrade(exchange: Exchange): void {
-  if (exchange.protocol === 'h2' && (exchange.method === 'CONNECT' || exchange.headers[':protocol'] !== undefined)) {
-    throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', {
-      message: 'exec, attach and port-forward need HTTP/1.1 (WebSocket or SPDY/3.1), not HTTP/2',
-    });
-  }
   if (exchange.protocol === 'upgrade' && !UPGRADES.has(exchange.upgrade.toLowerCase())) {
     throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', { message: `Upgrade "${exchange.upgrade.slice(0, 40)}" is not supported: use websocket or SPDY/3.1` });
   }
