@@ -1,8 +1,10 @@
 /** `meshgate check`, `meshgate certs` and `meshgate serve`, run as the built binary. */
+import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
@@ -99,6 +101,49 @@ describe('meshgate certs', () => {
     const bad = await run(['certs', 'client', ...caArgs, '--tenant', 'acme', '--uri', 'https://acme.example/']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('is not a spiffe:// URI');
+  });
+});
+
+describe('meshgate kubeconfig', () => {
+  it('writes a kubeconfig from the config that kubectl uses through meshgate, everything inline', async () => {
+    const acme = tenantOf(sandbox, 'acme');
+    const { code, stdout } = await run([
+      'kubeconfig',
+      '--config',
+      sandbox.info.config,
+      '--tenant',
+      'acme',
+      '--cluster',
+      'acme-west',
+      '--connect-to',
+      '127.0.0.1',
+      '--ca',
+      sandbox.info.caFile,
+      '--client-cert',
+      acme.clientCert,
+      '--client-key',
+      acme.clientKey,
+    ]);
+    expect(code).toBe(0);
+    const config = parse(stdout) as { clusters: { cluster: Record<string, string> }[]; users: { user: Record<string, string> }[] };
+    // The sandbox's api listener is on an ephemeral port, which the config it wrote names as 0: use the real one.
+    const cluster = config.clusters[0]?.cluster ?? {};
+    expect(cluster['tls-server-name']).toBe(acme.host);
+    expect(cluster.server).toMatch(/^https:\/\/127\.0\.0\.1:\d+\/clusters\/acme-west$/);
+    expect(Object.keys(config.users[0]?.user ?? {})).toEqual(['client-certificate-data', 'client-key-data']);
+    cluster.server = `https://127.0.0.1:${sandbox.info.listeners.api.port}/clusters/acme-west`;
+    const file = join(temp(), 'kubeconfig.yaml');
+    writeFileSync(file, stringify(config));
+    const { stdout: pods } = await promisify(execFile)('/usr/bin/kubectl', ['--kubeconfig', file, 'get', 'pods', '-n', 'bookinfo', '-o', 'name']);
+    expect(pods).toMatch(/^pod\/productpage-v1-/m);
+  });
+
+  it('needs a credential, and a cluster of the tenant with an API server', async () => {
+    const base = ['kubeconfig', '--config', sandbox.info.config, '--tenant', 'acme'];
+    expect((await run([...base, '--cluster', 'acme-east'])).stderr).toContain('give a credential');
+    const wrong = await run([...base, '--cluster', 'globex-main', '--token', sandbox.info.caFile]);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toContain('tenant "acme" has no cluster "globex-main" with an apiServer');
   });
 });
 

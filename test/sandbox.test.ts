@@ -15,12 +15,14 @@ const sh = (command: string) => promisify(execFile)('bash', ['-c', command], { t
 let sandbox: Running;
 let dir: string;
 let commands: string[];
+let kubectlCommands: string[];
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'meshgate-sandbox-'));
   sandbox = start(['sandbox', '--dir', dir, '--port-base', '0']);
   await sandbox.waitFor(/Ctrl-C stops everything/);
   // Every printed command: a line starting "  curl", with its backslash-continued lines.
   commands = [...sandbox.stdout().matchAll(/^ {2}curl (?:.*\\\n)*.*$/gm)].map((m) => m[0].trim());
+  kubectlCommands = [...sandbox.stdout().matchAll(/^ {2}kubectl .*$/gm)].map((m) => m[0].trim());
 });
 afterAll(async () => {
   if (sandbox.child.exitCode === null) await sandbox.stop('SIGTERM');
@@ -60,6 +62,18 @@ describe('meshgate sandbox', () => {
     expect(JSON.parse((await sh(commands[4] ?? '')).stdout)).toMatchObject({ code: 'MG_ERR_ROUTE_UNKNOWN_CLUSTER' });
   });
 
+  it('runs the printed kubectl commands: get, whoami, exec, a watch, and an isolation check', async () => {
+    expect(kubectlCommands).toHaveLength(5);
+    const [get, whoami, exec, watch, crossing] = kubectlCommands;
+    expect((await sh(get ?? '')).stdout).toMatch(/^productpage-v1-\S+\s+/m);
+    expect((await sh(whoami ?? '')).stdout).toMatch(/^Username\s+acme-mesh-client$/m);
+    expect((await sh(exec ?? '')).stdout).toBe('hello from acme-east\n');
+    // The watch runs until stopped: its first lines are enough.
+    expect((await sh(`timeout 3 ${watch ?? ''} -o name || true`)).stdout).toMatch(/^pod\/productpage-v1-/m);
+    const refused = await sh(crossing ?? '').catch((err: unknown) => err as { stderr: string });
+    expect(refused.stderr).toMatch(/^Error from server \(Forbidden\): MG_ERR_ROUTE_UNKNOWN_CLUSTER: /m);
+  });
+
   it('runs the printed metrics command', async () => {
     const { stdout } = await sh(commands[5] ?? '');
     expect(stdout).toMatch(/^meshgate_http_requests_total\{tenant="acme",plane="webhook",outcome="OK"\} \d+$/m);
@@ -82,6 +96,9 @@ describe('meshgate sandbox', () => {
       expect(t).toMatchObject({ host: expect.any(String), clusters: expect.any(Array), webhook: { inject: expect.any(String), validate: expect.any(String) } });
       expect(Object.keys(t.tokens)).toEqual(expect.arrayContaining(['xds', 'debug', 'kube']));
       for (const path of [t.clientCert, t.clientKey]) expect(path).toMatch(/^\//);
+      // tenants.<id>.kubeconfigs: one per cluster, each a file that reaches it through meshgate.
+      expect(Object.keys(t.kubeconfigs)).toEqual(t.clusters);
+      for (const path of Object.values<string>(t.kubeconfigs)) expect(readFileSync(path, 'utf8')).toMatch(/server: https:\/\/127\.0\.0\.1:\d+\/clusters\//);
     }
     expect(info.caFile).toMatch(/^\//);
   });

@@ -76,7 +76,7 @@ export function sandboxGuide(info: SandboxInfo): string {
     `  ${kubectl(acmeEast, [`exec -n bookinfo "$(${kubectl(acmeEast, ['get pods -n bookinfo -o name'])} | head -1)" -- echo hello from acme-east`])}`,
     "   …globex's own token, passed through to globex-main; and acme's kubeconfig turned at globex's cluster is refused:",
     `  ${kubectl(globexMain, ['get pods -n bookinfo --watch --output-watch-events'])}`,
-    `  ${kubectl(acmeEast, [`--server https://127.0.0.1:${apiPort}/clusters/${globexCluster}`, 'get pods -n bookinfo'])}`,
+    `  ${kubectl(acmeEast, [`--server https://127.0.0.1:${apiPort}/clusters/${globexCluster} --tls-server-name ${acme.host}`, 'get pods -n bookinfo'])}`,
     '',
     '7. What meshgate counted:',
     `  curl -sS ${info.admin}/metrics | grep '^meshgate_http_requests_total'`,
