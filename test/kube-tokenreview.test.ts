@@ -79,7 +79,7 @@ describe('TokenReview for a cluster without public keys', () => {
       const codes = [];
       for (const token of tokens) codes.push(codeOf(await listPods(token, port)));
       expect(codes).toEqual(['200', '200', 'MG_ERR_AUTHN_TOKENREVIEW_LIMITED']);
-      const limited = await listPods(tokens[2] ?? '', port);
+      const limited = await listPods(tokens[2], port);
       expect(limited.status).toBe(503);
       expect(limited.headers['retry-after']).toBe('1');
       const metrics = await gateway.gateway.metrics.registry.metrics();
