@@ -154,7 +154,8 @@ describe('upgrades', () => {
       socket.once('data', () => {
         const body = `{"kind":"Status","code":${status},"message":"upstream says no"}`;
         // Keep-alive, and a second response queued: a proxy that reused this connection would relay it.
-        socket.write(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+        const second = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nSECOND RESPONSE';
+        socket.write(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}${second}`);
       });
       socket.on('close', () => (upstreamSocket.closed = true));
     });
@@ -163,6 +164,7 @@ describe('upgrades', () => {
       const { text, closedByServer } = await rawTls({ port: gateway.port('api'), ...files() }, upgradeRequest(execPath, 'websocket'), { waitForCloseMs: 5_000 });
       expect(text).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
       expect(text).toContain('upstream says no');
+      expect(text).not.toContain('SECOND RESPONSE');
       expect(text.toLowerCase()).toContain('connection: close');
       expect(closedByServer).toBe(true);
       for (let i = 0; i < 50 && !upstreamSocket.closed; i++) await new Promise((r) => setTimeout(r, 20));

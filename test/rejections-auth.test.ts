@@ -238,7 +238,8 @@ describe('tenant rules and limits', () => {
   it('fails closed when the signing keys cannot be had', async () => {
     const port = await closedPort();
     const gateway = await startGatewayFrom(sandbox, (config) => {
-      for (const cluster of config.tenants[0].clusters) cluster.jwks.url = `https://127.0.0.1:${port}/openid/v1/jwks`;
+      // acme-west has no keys (TokenReview); every cluster that has some cannot reach them.
+      for (const cluster of config.tenants[0].clusters) if (cluster.jwks) cluster.jwks.url = `https://127.0.0.1:${port}/openid/v1/jwks`;
     });
     try {
       expectError(await debug('acme', { headers: bearer(tenant('acme').tokens.debug) }, gateway.port('api')), 503, 'MG_ERR_AUTHN_JWKS_UNAVAILABLE');
