@@ -12,6 +12,13 @@
 //   webhook-1k    the same at a fixed 1,000 req/s, a rate every target sustains: the latency a
 //                 kube-apiserver sees, and the steadiest CPU-per-request figure
 //   debug-max     GET of a 2 KiB debug document, 50 connections, flat out
+//   kube-list-h2  the kube plane as client-go uses it: HTTP/2 GET of a 10-pod PodList (~9 KiB) at
+//                 /clusters/bench-main/api/v1/namespaces/bookinfo/pods, 50 connections, flat out.
+//                 meshgate verifies the token, parses the request as the API server would, checks
+//                 the tenant's kube rules and passes the token through; nginx and haproxy strip the
+//                 prefix and proxy. The node reference proxy has no kube route and sits it out.
+//
+// SCENARIOS=kube-list-h2 runs only the scenarios named (comma-separated).
 //
 // meshgate authenticates every request (a bearer JWT, verified once then cached), checks it, logs
 // it, and verifies istiod's certificate; nginx and haproxy only terminate TLS and proxy. The
@@ -33,6 +40,8 @@ const CONNECTIONS = 50;
 const HOST = 'bench.meshgate.test';
 const ISTIOD = 'istiod.bench-cp.svc';
 const PORTS = { origin: 19443, originHttp: 19080, direct: 19443, nginx: 19444, haproxy: 19445, meshgate: 19446, node: 19447, admin: 19400 };
+const KUBE_PREFIX = '/clusters/bench-main';
+const PODS_PATH = '/api/v1/namespaces/bookinfo/pods';
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
 
 async function main() {
@@ -62,19 +71,23 @@ async function main() {
     { name: 'node', port: PORTS.node, pids: () => [bare.pid] },
     { name: 'meshgate', port: PORTS.meshgate, pids: () => [meshgate.pid] },
   ];
+  const only = process.env.SCENARIOS?.split(',');
   const scenarios = [
     { name: 'webhook-max', method: 'POST', path: '/inject/cluster/bench-main/net/network1?timeout=10s', rps: undefined },
     { name: 'webhook-1k', method: 'POST', path: '/inject/cluster/bench-main/net/network1?timeout=10s', rps: 1000 / CONNECTIONS },
-    { name: 'debug-max', method: 'GET', path: '/debug/config_dump', rps: undefined },
-  ];
+    { name: 'debug-max', method: 'GET', path: '/debug/config_dump', rps: undefined, debug: true },
+    { name: 'kube-list-h2', method: 'GET', path: `${KUBE_PREFIX}${PODS_PATH}`, directPath: PODS_PATH, rps: undefined, h2: true, skip: ['node'] },
+  ].filter((s) => only === undefined || only.includes(s.name));
 
   // Sanity: every target answers every scenario with 2xx before anything is timed.
-  for (const target of targets) for (const scenario of scenarios) h2load(target, scenario, files, { seconds: 1, warmup: 0 });
+  const runsOn = (scenario) => targets.filter((t) => !(scenario.skip ?? []).includes(t.name));
+  for (const scenario of scenarios) for (const target of runsOn(scenario)) h2load(target, scenario, files, { seconds: 1, warmup: 0 });
 
   const runs = [];
   for (let rep = 0; rep < REPS; rep++) {
     for (const scenario of scenarios) {
-      const order = targets.map((_, i) => targets[(i + rep) % targets.length]);
+      const eligible = runsOn(scenario);
+      const order = eligible.map((_, i) => eligible[(i + rep) % eligible.length]);
       for (const target of order) {
         const before = cpuTicks(target.pids());
         const result = h2load(target, scenario, files, { seconds: DURATION, warmup: 1 });
@@ -87,7 +100,7 @@ async function main() {
     }
   }
 
-  const summary = summarize(runs, scenarios, targets);
+  const summary = summarize(runs, scenarios, targets).filter((row) => runs.some((r) => r.scenario === row.scenario && r.target === row.target));
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const machine = { node: process.version, cpus: readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.*)$/m)?.[1], reps: REPS, durationSeconds: DURATION, connections: CONNECTIONS };
   writeFileSync(join(RESULTS, `http-planes-${stamp}.json`), JSON.stringify({ machine, runs, summary }, null, 2));
@@ -97,17 +110,18 @@ async function main() {
 function h2load(target, scenario, files, { seconds, warmup }) {
   const log = join(WORK, 'h2load.log');
   rmSync(log, { force: true });
-  const port = scenario.method === 'GET' && target.debugPort ? target.debugPort : target.port;
-  const scheme = scenario.method === 'GET' && target.debugPort ? 'http' : 'https';
+  const port = scenario.debug && target.debugPort ? target.debugPort : target.port;
+  const scheme = scenario.debug && target.debugPort ? 'http' : 'https';
+  const path = target.name === 'direct' && scenario.directPath ? scenario.directPath : scenario.path;
   const args = [
-    '-c', '1', 'h2load', '--h1', '-t', '1', '-c', String(CONNECTIONS), '-D', String(seconds),
+    '-c', '1', 'h2load', ...(scenario.h2 ? [] : ['--h1']), '-t', '1', '-c', String(CONNECTIONS), '-D', String(seconds),
     ...(warmup > 0 ? ['--warm-up-time', String(warmup)] : []),
     ...(scenario.rps ? ['--rps', String(scenario.rps)] : []),
     '--log-file', log,
     '--connect-to', `127.0.0.1:${port}`,
     '-H', `authorization: Bearer ${files.token}`,
     ...(scenario.method === 'POST' ? ['-d', files.body, '-H', 'content-type: application/json'] : []),
-    `${scheme}://${HOST}:${port}${scenario.path}`,
+    `${scheme}://${HOST}:${port}${path}`,
   ];
   const out = execFileSync('taskset', args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   const done = Number(/requests: \d+ total, \d+ started, (\d+) done/.exec(out)?.[1] ?? 0);
@@ -180,6 +194,8 @@ async function prepare() {
   const answer = { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response: { uid: review.request.uid, allowed: true, patchType: 'JSONPatch', patch: Buffer.alloc(6000, 'p').toString('base64') } };
   writeFileSync(join(WORK, 'www', 'config_dump'), JSON.stringify({ configs: [{ data: 'd'.repeat(2000) }] }));
   writeFileSync(join(WORK, 'www', 'answer.json'), JSON.stringify(answer));
+  const pods = Array.from({ length: 10 }, (_, i) => ({ ...pod, metadata: { ...pod.metadata, name: `productpage-v1-${i}`, resourceVersion: String(1000 + i) } }));
+  writeFileSync(join(WORK, 'www', 'pods.json'), JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: { resourceVersion: '1010' }, items: pods }));
 
   const paths = {
     ca: write('ca.pem', ca.cert),
@@ -198,7 +214,7 @@ async function prepare() {
 logging: { level: info }
 security: { allowLoopbackUpstreams: true }
 listeners:
-  bench: { host: 127.0.0.1, port: ${PORTS.meshgate}, planes: [webhook, debug], maxConnections: 10000 }
+  bench: { host: 127.0.0.1, port: ${PORTS.meshgate}, planes: [webhook, debug, kube], maxConnections: 10000 }
 tenants:
   - id: bench
     hosts: [${HOST}]
@@ -207,8 +223,14 @@ tenants:
       webhook: { url: 'https://127.0.0.1:${PORTS.origin}', ca: ${paths.ca}, serverName: ${ISTIOD} }
       debug: { url: 'http://127.0.0.1:${PORTS.originHttp}' }
     clusters:
-      - { id: bench-main, issuer: '${issuer}', jwks: { file: ${paths.jwks} } }
+      - id: bench-main
+        issuer: '${issuer}'
+        jwks: { file: ${paths.jwks} }
+        apiServer: { url: 'https://127.0.0.1:${PORTS.origin}', ca: ${paths.ca}, serverName: ${ISTIOD}, credentials: passthrough }
     webhook: { authentication: [token] }
+    kube: { authentication: [token], audiences: [istio-ca] }
+    access:
+      kube: [{ method: token, allow: [{ verbs: [list], apiGroups: [''], resources: [pods] }] }]
 `,
   );
   return paths;
@@ -224,9 +246,10 @@ function nginxCommon(name) {
 function originConfig(files) {
   return `${nginxCommon('origin')}
   server {
-    listen 127.0.0.1:${PORTS.origin} ssl;
+    listen 127.0.0.1:${PORTS.origin} ssl http2;
     ssl_certificate ${files.istiodCert};
     ssl_certificate_key ${files.istiodKey};
+    location = ${PODS_PATH} { alias ${WORK}/www/pods.json; default_type application/json; }
     # nginx answers POST with a file by turning the request into a GET on an internal redirect.
     location = /answer.json { root ${WORK}/www; default_type application/json; }
     location / { return 405; error_page 405 =200 /answer.json; }
@@ -244,12 +267,20 @@ function nginxConfig(files) {
   upstream webhook { server 127.0.0.1:${PORTS.origin}; keepalive 256; }
   upstream debug { server 127.0.0.1:${PORTS.originHttp}; keepalive 256; }
   server {
-    listen 127.0.0.1:${PORTS.nginx} ssl;
+    listen 127.0.0.1:${PORTS.nginx} ssl http2;
     ssl_certificate ${files.cert};
     ssl_certificate_key ${files.key};
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     location /debug/ { proxy_pass http://debug; }
+    location ${KUBE_PREFIX}/ {
+      proxy_pass https://webhook/;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate ${files.ca};
+      proxy_ssl_name ${ISTIOD};
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }
     location / {
       proxy_pass https://webhook;
       proxy_ssl_verify on;
@@ -274,9 +305,13 @@ defaults
   timeout server 60s
   http-reuse always
 frontend bench
-  bind 127.0.0.1:${PORTS.haproxy} ssl crt ${files.certAndKey}
+  bind 127.0.0.1:${PORTS.haproxy} ssl crt ${files.certAndKey} alpn h2,http/1.1
   use_backend debug if { path_beg /debug/ }
+  use_backend kube if { path_beg ${KUBE_PREFIX}/ }
   default_backend webhook
+backend kube
+  http-request replace-path ${KUBE_PREFIX}(/.*) \\1
+  server origin 127.0.0.1:${PORTS.origin} ssl verify required ca-file ${files.ca} sni str(${ISTIOD}) verifyhost ${ISTIOD}
 backend webhook
   server origin 127.0.0.1:${PORTS.origin} ssl verify required ca-file ${files.ca} sni str(${ISTIOD}) verifyhost ${ISTIOD}
 backend debug
