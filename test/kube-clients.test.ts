@@ -122,8 +122,12 @@ describe('kubectl through meshgate', () => {
     expect(table.stdout).toMatch(/^productpage-v1-\S+/m);
     const named = await kubectl(config, ['get', 'pods', '-n', 'bookinfo', '-o', 'name', '-v=6']);
     expect(named.stdout.trim().split('\n').every((l) => l.startsWith('pod/'))).toBe(true);
-    // client-go speaks HTTP/2 to meshgate, which forwards on HTTP/1.1.
     expect(named.stderr).toMatch(/GET https:\/\/127\.0\.0\.1:\d+\/clusters\/acme-east\/api\/v1\/namespaces\/bookinfo\/pods\?limit=500 200 OK/);
+    const metrics = await (await fetch(`${sandbox.info.admin}/metrics`)).text();
+    expect(metrics).toMatch(/^meshgate_kube_requests_total\{tenant="acme",cluster="acme-east",verb="list",code="200"\} [1-9]\d*$/m);
+    expect(metrics).toMatch(/^meshgate_kube_upstream_latency_seconds_count\{tenant="acme",cluster="acme-east"\} [1-9]\d*$/m);
+    // Every one of them was a kube plane request, recorded as such.
+    expect(metrics).toMatch(/^meshgate_http_requests_total\{tenant="acme",plane="kube",outcome="OK"\} [1-9]\d*$/m);
   });
 
   it('follows a watch (get --watch) until the pod changes', async () => {

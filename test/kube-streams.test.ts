@@ -92,6 +92,24 @@ describe('watches', () => {
     }
   }, 150_000);
 
+  it("refuses an API server whose certificate does not chain to the cluster's CA (502), never falling back", async () => {
+    const upstream = await startRawApiServer((socket) => socket.on('data', () => undefined));
+    // The sandbox's cluster CA, which did not sign this server's certificate.
+    const gateway = await startGatewayFrom(sandbox, (config) => {
+      const tenants = config.tenants as { id: string; clusters: { id: string; apiServer: { url: string } }[] }[];
+      const cluster = tenants.find((t) => t.id === 'acme')?.clusters.find((c) => c.id === 'acme-east');
+      if (cluster) cluster.apiServer.url = upstream.url;
+    });
+    try {
+      const res = await h1(gateway.port('api'), 'GET', '/clusters/acme-east/api/v1/namespaces');
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body.toString())).toMatchObject({ kind: 'Status', reason: 'ServiceUnavailable', message: expect.stringMatching(/^MG_ERR_UPSTREAM_TLS: /) });
+    } finally {
+      await gateway.close();
+      await upstream.close();
+    }
+  });
+
   it('still gives requests that are not long-running a deadline', async () => {
     const upstream = await startRawApiServer((socket) => socket.on('data', () => undefined));
     const gateway = await gatewayTo(upstream.url, '300ms');
