@@ -16,7 +16,7 @@ import { MeshgateError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { TLS_SERVER_OPTIONS } from '../tenancy/tenant.js';
-import { createH1Exchange, createH2Exchange, createUpgradeExchange, type Exchange } from './exchange.js';
+import { createH1Exchange, createH2Exchange, createUpgradeExchange, reasonPhrase, type Exchange } from './exchange.js';
 import { listen } from './listen.js';
 
 /** How long an idle HTTP/2 session may take to finish after GOAWAY. */
@@ -269,7 +269,7 @@ function refuseRawSocket(socket: Socket, code: ErrorCode | undefined): void {
     const error = new MeshgateError(code);
     const body = `${JSON.stringify({ code: error.code, message: error.message })}\n`;
     socket.end(
-      `HTTP/1.1 ${error.status} ${STATUS_TEXT[error.status] ?? 'Error'}\r\n` +
+      `HTTP/1.1 ${error.status} ${reasonPhrase(error.status)}\r\n` +
         'content-type: application/json\r\n' +
         `content-length: ${Buffer.byteLength(body)}\r\n` +
         'connection: close\r\n\r\n' +
@@ -279,9 +279,3 @@ function refuseRawSocket(socket: Socket, code: ErrorCode | undefined): void {
   // The peer has a second to read the answer; a half-closed socket must not linger.
   setTimeout(() => socket.destroy(), 1000).unref();
 }
-
-const STATUS_TEXT: Readonly<Record<number, string>> = {
-  400: 'Bad Request',
-  408: 'Request Timeout',
-  431: 'Request Header Fields Too Large',
-};
