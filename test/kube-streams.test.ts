@@ -110,6 +110,47 @@ describe('watches', () => {
     }
   });
 
+  it('cuts a watch off when the token that opened it expires, never ending it cleanly', async () => {
+    const issuer = sandbox.issuers.get('acme-east');
+    if (!issuer) throw new Error('no acme-east issuer');
+    const token = await issuer.mint({ namespace: 'istio-system', serviceAccount: 'istiod', audience: issuer.issuer, lifetimeSeconds: 3 });
+    const started = performance.now();
+    const res = await new Promise<{ complete: boolean; events: number }>((resolve, reject) => {
+      const req = httpsRequest(
+        {
+          ca: tls().ca,
+          servername: acme().host,
+          host: '127.0.0.1',
+          port: sandbox.info.listeners.api.port,
+          path: '/clusters/acme-east/api/v1/namespaces/istio-system/pods?watch=1',
+          headers: { host: acme().host, authorization: `Bearer ${token}` },
+          agent: false,
+        },
+        (response) => {
+          let events = 0;
+          response.on('data', () => events++);
+          response.on('error', () => undefined);
+          response.on('close', () => resolve({ complete: response.complete, events }));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    const seconds = (performance.now() - started) / 1000;
+    expect(res.events).toBeGreaterThanOrEqual(1);
+    expect(res.complete).toBe(false);
+    // Cut at the token's expiry, not at once; the bound above is loose on purpose.
+    expect(seconds).toBeGreaterThan(1.5);
+    expect(seconds).toBeLessThan(20);
+    const recorded = /^meshgate_http_requests_total\{tenant="acme",plane="kube",outcome="MG_ERR_AUTHN_TOKEN_EXPIRED"\} 1$/m;
+    let metrics = '';
+    for (let i = 0; i < 50 && !recorded.test(metrics); i++) {
+      metrics = await (await fetch(`${sandbox.info.admin}/metrics`)).text();
+      if (!recorded.test(metrics)) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(metrics).toMatch(recorded);
+  });
+
   it('still gives requests that are not long-running a deadline', async () => {
     const upstream = await startRawApiServer((socket) => socket.on('data', () => undefined));
     const gateway = await gatewayTo(upstream.url, '300ms');

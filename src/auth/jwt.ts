@@ -54,7 +54,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
             uris: [],
             groups: reviewed.groups.filter((g) => g !== 'system:authenticated'),
             cluster: candidate.cluster,
-            expiresAt: reviewed.validUntil,
+            ...(reviewed.expiresAt === undefined ? {} : { expiresAt: reviewed.expiresAt }),
           };
           options.cache.set(key, identity, reviewed.validUntil);
           return identity;

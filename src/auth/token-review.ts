@@ -20,6 +20,8 @@ export interface ReviewedToken {
   readonly groups: readonly string[];
   /** Epoch milliseconds until which the answer may be reused. */
   readonly validUntil: number;
+  /** The token's own expiry (its `exp`), when it has one. */
+  readonly expiresAt?: number;
 }
 
 export type TokenReviewer = (token: string, audiences: readonly string[]) => Promise<ReviewedToken>;
@@ -69,7 +71,13 @@ export function createTokenReviewer(options: TokenReviewerOptions): TokenReviewe
       throw new MeshgateError('MG_ERR_AUTHN_TOKEN_AUDIENCE', { detail: `cluster ${cluster} TokenReview audiences ${JSON.stringify(status.audiences)}` });
     }
     options.onReview?.('authenticated');
-    return { username, groups: status.user?.groups ?? [], validUntil: Math.min(expiryOf(token), now() + settings.cacheTtl) };
+    const expiry = expiryOf(token);
+    return {
+      username,
+      groups: status.user?.groups ?? [],
+      validUntil: Math.min(expiry, now() + settings.cacheTtl),
+      ...(Number.isFinite(expiry) ? { expiresAt: expiry } : {}),
+    };
   };
 
   return async (token, audiences) => {

@@ -140,6 +140,11 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
           hooks.onUpstreamLatency?.(tenant, cluster.id, (performance.now() - started) / 1000);
         };
 
+        // A watch or a tunnel outlives no credential it was opened with.
+        const longRunning = exchange.protocol === 'upgrade' || isLongRunning(request, target.query);
+        const cutAtExpiry = longRunning ? endAtExpiry(exchange, credentialExpiry(authenticated, cluster), context) : undefined;
+        exchange.onClose(() => clearTimeout(cutAtExpiry));
+
         if (exchange.protocol === 'upgrade') {
           if (!TUNNEL_SUBRESOURCES.has(request.subresource) || request.resource !== 'pods') {
             throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', { message: 'upgrades are for pods exec, attach and portforward only' });
@@ -160,7 +165,6 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
           return;
         }
 
-        const longRunning = isLongRunning(request, target.query);
         const watching = request.verb === 'watch';
         if (watching) hooks.onWatch?.(tenant, cluster.id, 1);
         try {
@@ -173,7 +177,8 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
             onResponse,
           });
           context.upstreamStatus = result.status;
-          if (result.error) context.error = result.error;
+          // An expiry cut is the reason, not the reset it caused.
+          if (result.error) context.error ??= result.error;
         } finally {
           if (watching) hooks.onWatch?.(tenant, cluster.id, -1);
         }
@@ -228,6 +233,30 @@ function actorOf(authenticated: Authenticated, cluster: KubeCluster): Identity {
     if (reserved !== undefined) throw new MeshgateError('MG_ERR_KUBE_IDENTITY_RESERVED', { detail: `certificate claims ${reserved}` });
   }
   return identity;
+}
+
+/** When the credential that opened a long-running request expires: the token forwarded or vouched for, and the certificate. */
+function credentialExpiry(authenticated: Authenticated, cluster: KubeCluster): { at: number; code: 'MG_ERR_AUTHN_TOKEN_EXPIRED' | 'MG_ERR_AUTHN_CLIENT_CERT_INVALID' } | undefined {
+  const token = authenticated.bearer?.identity.expiresAt;
+  const certificate = authenticated.identity.method === 'clientCertificate' && cluster.credential.kind !== 'passthrough' ? authenticated.identity.expiresAt : undefined;
+  if (token !== undefined && (certificate === undefined || token <= certificate)) return { at: token, code: 'MG_ERR_AUTHN_TOKEN_EXPIRED' };
+  return certificate === undefined ? undefined : { at: certificate, code: 'MG_ERR_AUTHN_CLIENT_CERT_INVALID' };
+}
+
+/** setTimeout's limit (about 24.8 days); a credential valid longer is checked by nothing sooner. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Cuts the exchange off (never a clean end) when the credential expires; the timer, to clear. */
+function endAtExpiry(exchange: Exchange, expiry: ReturnType<typeof credentialExpiry>, context: { error?: MeshgateError }): NodeJS.Timeout | undefined {
+  if (expiry === undefined) return undefined;
+  const remaining = expiry.at - Date.now();
+  if (remaining > MAX_TIMER_MS) return undefined;
+  const timer = setTimeout(() => {
+    context.error = new MeshgateError(expiry.code, { detail: 'credential expired during a long-running request' });
+    exchange.abort();
+  }, Math.max(0, remaining));
+  timer.unref();
+  return timer;
 }
 
 function upstreamHeaders(exchange: Exchange, cluster: KubeCluster, authenticated: Authenticated, actor: Identity): Record<string, string | string[]> {
