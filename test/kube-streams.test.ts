@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCertificateAuthority, issueCertificate } from '../src/pki/certificates.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { rawTls } from './helpers/client.js';
-import { startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
+import { capturingLogger, startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
 
 let sandbox: Sandbox;
 beforeAll(async () => {
@@ -149,6 +149,31 @@ describe('watches', () => {
       if (!recorded.test(metrics)) await new Promise((r) => setTimeout(r, 20));
     }
     expect(metrics).toMatch(recorded);
+  });
+
+  it('records the start of a watch when it starts (audit), and its end in the access log', async () => {
+    const capture = capturingLogger();
+    const gateway = await startGatewayFrom(sandbox, () => undefined, { logger: capture.logger });
+    try {
+      const res = await h1(gateway.port('api'), 'GET', '/clusters/acme-east/api/v1/namespaces/istio-system/pods?watch=1&timeoutSeconds=1');
+      expect(res.status).toBe(200);
+      for (let i = 0; i < 50 && !capture.lines.some((l) => l.msg === 'request' && l.plane === 'kube'); i++) await new Promise((r) => setTimeout(r, 20));
+      const start = capture.lines.findIndex((l) => l.msg === 'kube long-running request started');
+      const end = capture.lines.findIndex((l) => l.msg === 'request' && l.plane === 'kube');
+      expect(capture.lines[start]).toMatchObject({
+        tenant: 'acme',
+        cluster: 'acme-east',
+        subject: 'acme-mesh-client',
+        auth: 'clientCertificate',
+        verb: 'watch',
+        resource: 'pods',
+        namespace: 'istio-system',
+      });
+      expect(end).toBeGreaterThan(start);
+      expect(capture.lines[end]?.requestId).toBe(capture.lines[start]?.requestId);
+    } finally {
+      await gateway.close();
+    }
   });
 
   it('still gives requests that are not long-running a deadline', async () => {

@@ -69,6 +69,22 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       onWatch: (tenant, cluster, delta) => metrics.kubeWatches.inc({ tenant, cluster }, delta),
       onTunnel: (tenant, cluster, protocol, delta) => metrics.kubeTunnels.inc({ tenant, cluster, protocol }, delta),
       onUpstreamLatency: (tenant, cluster, seconds) => metrics.kubeUpstreamLatency.observe({ tenant, cluster }, seconds),
+      // Watches and tunnels can last hours: their start is recorded when it happens, their end by the access log.
+      onLongRunning: ({ requestId, tenant, cluster, identity, request }) =>
+        logger.info(
+          {
+            requestId,
+            tenant,
+            cluster,
+            subject: identity.subject,
+            auth: identity.method,
+            verb: request.verb,
+            resource: request.subresource === '' ? request.resource : `${request.resource}/${request.subresource}`,
+            namespace: request.namespace,
+            name: request.name,
+          },
+          'kube long-running request started',
+        ),
     }),
   ];
   const limits = createTenantLimits({

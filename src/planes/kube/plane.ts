@@ -48,6 +48,16 @@ export interface KubePlaneHooks {
   readonly onWatch?: (tenant: string, cluster: string, delta: 1 | -1) => void;
   readonly onTunnel?: (tenant: string, cluster: string, protocol: string, delta: 1 | -1) => void;
   readonly onUpstreamLatency?: (tenant: string, cluster: string, seconds: number) => void;
+  /** A watch, exec, attach or port-forward is about to be forwarded: the audit record of its start (its end is the access log). */
+  readonly onLongRunning?: (event: LongRunningStart) => void;
+}
+
+export interface LongRunningStart {
+  readonly requestId: string;
+  readonly tenant: string;
+  readonly cluster: string;
+  readonly identity: Identity;
+  readonly request: KubeRequest;
 }
 
 const UPGRADES = new Set(['websocket', 'spdy/3.1']);
@@ -144,6 +154,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         const longRunning = exchange.protocol === 'upgrade' || isLongRunning(request, target.query);
         const cutAtExpiry = longRunning ? endAtExpiry(exchange, credentialExpiry(authenticated, cluster), context) : undefined;
         exchange.onClose(() => clearTimeout(cutAtExpiry));
+        if (longRunning) hooks.onLongRunning?.({ requestId: exchange.id, tenant, cluster: cluster.id, identity: actor, request });
 
         if (exchange.protocol === 'upgrade') {
           if (!TUNNEL_SUBRESOURCES.has(request.subresource) || request.resource !== 'pods') {
