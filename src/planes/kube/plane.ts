@@ -141,6 +141,9 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         state.sameTenant(actor);
         request = parseKubeRequest(exchange.method, route.path, target.query);
         state.decide(actor, cluster.id, request);
+        if (exchange.protocol === 'upgrade' && (!TUNNEL_SUBRESOURCES.has(request.subresource) || request.resource !== 'pods')) {
+          throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', { message: 'upgrades are for pods exec, attach and portforward only' });
+        }
 
         const headers = upstreamHeaders(exchange, cluster, authenticated, actor);
         const path = `${cluster.basePath}${route.path}${target.query === undefined ? '' : `?${target.query}`}`;
@@ -157,9 +160,6 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         if (longRunning) hooks.onLongRunning?.({ requestId: exchange.id, tenant, cluster: cluster.id, identity: actor, request });
 
         if (exchange.protocol === 'upgrade') {
-          if (!TUNNEL_SUBRESOURCES.has(request.subresource) || request.resource !== 'pods') {
-            throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', { message: 'upgrades are for pods exec, attach and portforward only' });
-          }
           const protocol = exchange.upgrade.toLowerCase() === 'websocket' ? 'websocket' : 'spdy';
           const result = await openTunnel(exchange, {
             upstream: cluster.upstream,
