@@ -28,13 +28,16 @@ interface Credential {
   readonly token?: string;
 }
 
-/** Every request each stand-in API server received, cleared after reading. */
+/** Every API request each stand-in API server received, cleared after reading (its OIDC keys are fetched at any time). */
 function drainKube(): Map<string, { method: string; url: string; user?: string; headers: Record<string, unknown> }[]> {
   const seen = new Map<string, { method: string; url: string; user?: string; headers: Record<string, unknown> }[]>();
   for (const [cluster, server] of sandbox.kubeApiServers) {
     seen.set(
       cluster,
-      server.requests.splice(0).map((r) => ({ method: r.method, url: r.url, headers: { ...r.headers }, ...(r.user ? { user: r.user.username } : {}) })),
+      server.requests
+        .splice(0)
+        .filter((r) => !r.url.startsWith('/openid/') && !r.url.startsWith('/.well-known/'))
+        .map((r) => ({ method: r.method, url: r.url, headers: { ...r.headers }, ...(r.user ? { user: r.user.username } : {}) })),
     );
   }
   return seen;

@@ -286,13 +286,13 @@ describe('upgrades', () => {
     ['TLS/1.0', execPath],
     ['websocket', '/clusters/acme-east/api/v1/namespaces/bookinfo/pods'],
   ])('refuses Upgrade: %s on %s with a Status, before reaching the API server', async (upgrade, path) => {
-    const before = sandbox.kubeApiServers.get('acme-east')?.requests.length ?? 0;
+    const before = apiRequests();
     const { text, closedByServer } = await rawTls({ port: sandbox.info.listeners.api.port, ...files() }, upgradeRequest(path, upgrade), { waitForCloseMs: 5_000 });
     expect(text).toMatch(/^HTTP\/1\.1 400 /);
     expect(text).toContain('"kind":"Status"');
     expect(text).toContain('MG_ERR_REQUEST_UPGRADE');
     expect(closedByServer).toBe(true);
-    expect(sandbox.kubeApiServers.get('acme-east')?.requests.length).toBe(before);
+    expect(apiRequests()).toBe(before);
   });
 
   it('refuses an upgrade over HTTP/2 (extended CONNECT) with a clear error', async () => {
@@ -308,16 +308,19 @@ describe('upgrades', () => {
   });
 
   it('never sends an HTTP/2 request that carries Upgrade to the API server', () => {
-    const before = sandbox.kubeApiServers.get('acme-east')?.requests.length ?? 0;
+    const before = apiRequests();
     // Node's own client refuses to send it; nghttp2 on meshgate's side would reset it as malformed.
     const session = http2Connect(`https://127.0.0.1:${sandbox.info.listeners.api.port}`, tls());
     expect(() =>
       session.request({ [h2.HTTP2_HEADER_PATH]: execPath, [h2.HTTP2_HEADER_AUTHORITY]: acme().host, upgrade: 'websocket' }),
     ).toThrow(/Connection specific headers are forbidden/);
     session.close();
-    expect(sandbox.kubeApiServers.get('acme-east')?.requests.length).toBe(before);
+    expect(apiRequests()).toBe(before);
   });
 });
+
+/** Requests the acme-east stand-in received for its API (its OIDC keys are fetched at any time). */
+const apiRequests = (): number => sandbox.kubeApiServers.get('acme-east')?.requests.filter((r) => r.url.startsWith('/api')).length ?? 0;
 
 const files = () => ({ servername: acme().host, ca: sandbox.info.caFile, cert: acme().clientCert, key: acme().clientKey });
 
