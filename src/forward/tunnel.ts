@@ -16,7 +16,8 @@ import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import { MeshgateError } from '../errors.js';
 import { isHopByHopResponseHeader } from '../http/headers.js';
-import { reasonPhrase, type UpgradeExchange } from '../listener/exchange.js';
+import type { UpgradeExchange } from '../listener/exchange.js';
+import { endRawResponse } from '../http/raw-response.js';
 import { classifyUpstreamError, type HttpUpstream } from './upstream.js';
 
 /** A refused upgrade's body is an error message (a Kubernetes Status); more than this is cut off. */
@@ -114,19 +115,14 @@ function relayRefusal(exchange: UpgradeExchange, res: IncomingMessage, done: () 
   const chunks: Buffer[] = [];
   let size = 0;
   const finish = (): void => {
-    const body = Buffer.concat(chunks);
     const status = res.statusCode ?? 502;
-    let head = `HTTP/1.1 ${status} ${res.statusMessage ?? reasonPhrase(status)}\r\n`;
+    const headers: [string, string][] = [];
     for (let i = 0; i < res.rawHeaders.length; i += 2) {
       const name = res.rawHeaders[i] ?? '';
-      if (isHopByHopResponseHeader(name) || name.toLowerCase() === 'content-length') continue;
-      head += `${name}: ${res.rawHeaders[i + 1] ?? ''}\r\n`;
+      if (!isHopByHopResponseHeader(name) && name.toLowerCase() !== 'content-length') headers.push([name, res.rawHeaders[i + 1] ?? '']);
     }
-    head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
     exchange.sent(status, true);
-    const client = exchange.clientSocket;
-    if (!client.destroyed) client.end(Buffer.concat([Buffer.from(head, 'latin1'), body]));
-    setTimeout(() => client.destroy(), 1_000).unref();
+    endRawResponse(exchange.clientSocket, status, headers, Buffer.concat(chunks), res.statusMessage);
     done();
   };
   res.on('data', (chunk: Buffer) => {

@@ -3,10 +3,11 @@
  * the request and answer through this; only the forwarders look at the protocol underneath.
  */
 import { randomUUID } from 'node:crypto';
-import { STATUS_CODES, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { constants as h2, type ServerHttp2Stream } from 'node:http2';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
+import { endRawResponse } from '../http/raw-response.js';
 
 interface ExchangeBase {
   readonly id: string;
@@ -86,16 +87,12 @@ function serverNameOf(socket: TLSSocket): string | undefined {
   return typeof name === 'string' && name !== '' ? name.toLowerCase() : undefined;
 }
 
-export function createH1Exchange(listener: string, req: IncomingMessage, res: ServerResponse): H1Exchange {
-  // The listener only hands this server TLS sockets.
-  // eslint-disable-next-line @typescript-eslint/no-unsafe-class-instance-assignment
-  const socket = req.socket as TLSSocket;
+/** What an HTTP/1.1 request says about itself, whether it is answered by a server or on its raw socket. */
+function h1RequestFields(listener: string, req: IncomingMessage, socket: TLSSocket) {
   return {
-    protocol: 'http/1.1',
     id: randomUUID(),
     listener,
     req,
-    res,
     method: req.method ?? 'GET',
     target: req.url ?? '',
     authority: req.headers.host,
@@ -105,6 +102,17 @@ export function createH1Exchange(listener: string, req: IncomingMessage, res: Se
     remoteAddress: socket.remoteAddress,
     startedAt: performance.now(),
     body: req,
+  };
+}
+
+export function createH1Exchange(listener: string, req: IncomingMessage, res: ServerResponse): H1Exchange {
+  // The listener only hands this server TLS sockets.
+  // eslint-disable-next-line @typescript-eslint/no-unsafe-class-instance-assignment
+  const socket = req.socket as TLSSocket;
+  return {
+    protocol: 'http/1.1',
+    ...h1RequestFields(listener, req, socket),
+    res,
     hasBody: req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0',
     get headersSent() {
       return res.headersSent;
@@ -136,33 +144,17 @@ export function createH1Exchange(listener: string, req: IncomingMessage, res: Se
   };
 }
 
-/** The reason phrase of a status line written by hand. */
-export function reasonPhrase(status: number): string {
-  return STATUS_CODES[status] ?? 'Error';
-}
-
 export function createUpgradeExchange(listener: string, req: IncomingMessage, socket: TLSSocket, head: Buffer, idleTimeoutMs: number): UpgradeExchange {
   let status: number | undefined;
   let completed = false;
   const upgrade = req.headers.upgrade;
   return {
     protocol: 'upgrade',
-    id: randomUUID(),
-    listener,
-    req,
+    ...h1RequestFields(listener, req, socket),
     clientSocket: socket,
     head,
     upgrade: typeof upgrade === 'string' ? upgrade : '',
     idleTimeoutMs,
-    method: req.method ?? 'GET',
-    target: req.url ?? '',
-    authority: req.headers.host,
-    headers: req.headers,
-    socket,
-    serverName: serverNameOf(socket),
-    remoteAddress: socket.remoteAddress,
-    startedAt: performance.now(),
-    body: req,
     hasBody: false,
     get headersSent() {
       return status !== undefined;
@@ -177,15 +169,10 @@ export function createUpgradeExchange(listener: string, req: IncomingMessage, so
       if (status !== undefined || socket.destroyed) return;
       status = code;
       completed = true;
-      let head = `HTTP/1.1 ${code} ${reasonPhrase(code)}\r\n`;
-      const all: OutgoingHttpHeaders = { ...headers, 'content-length': Buffer.byteLength(body), connection: 'close' };
-      for (const [name, value] of Object.entries(all)) {
-        if (value === undefined) continue;
-        for (const one of Array.isArray(value) ? value : [value]) head += `${name}: ${String(one)}\r\n`;
-      }
-      socket.end(`${head}\r\n${body.toString()}`);
-      // The peer has a moment to read the answer; a half-closed socket must not linger.
-      setTimeout(() => socket.destroy(), 1_000).unref();
+      const lines = Object.entries(headers).flatMap(([name, value]) =>
+        value === undefined ? [] : (Array.isArray(value) ? value : [value]).map((one): [string, string] => [name, String(one)]),
+      );
+      endRawResponse(socket, code, lines, body);
     },
     abort() {
       socket.destroy();

@@ -16,7 +16,8 @@ import { MeshgateError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { TLS_SERVER_OPTIONS } from '../tenancy/tenant.js';
-import { createH1Exchange, createH2Exchange, createUpgradeExchange, reasonPhrase, type Exchange } from './exchange.js';
+import { endRawResponse } from '../http/raw-response.js';
+import { createH1Exchange, createH2Exchange, createUpgradeExchange, type Exchange } from './exchange.js';
 import { listen } from './listen.js';
 
 /** How long an idle HTTP/2 session may take to finish after GOAWAY. */
@@ -265,17 +266,11 @@ function clientErrorCode(err: NodeJS.ErrnoException): ErrorCode | undefined {
 
 /** Answers on a socket that has no usable request object (a parse error, an upgrade), then closes it. */
 function refuseRawSocket(socket: Socket, code: ErrorCode | undefined): void {
-  if (code !== undefined && socket.writable) {
-    const error = new MeshgateError(code);
-    const body = `${JSON.stringify({ code: error.code, message: error.message })}\n`;
-    socket.end(
-      `HTTP/1.1 ${error.status} ${reasonPhrase(error.status)}\r\n` +
-        'content-type: application/json\r\n' +
-        `content-length: ${Buffer.byteLength(body)}\r\n` +
-        'connection: close\r\n\r\n' +
-        body,
-    );
+  if (code === undefined) {
+    // Nothing to say (the peer reset): the socket still must not linger.
+    setTimeout(() => socket.destroy(), 1_000).unref();
+    return;
   }
-  // The peer has a second to read the answer; a half-closed socket must not linger.
-  setTimeout(() => socket.destroy(), 1000).unref();
+  const error = new MeshgateError(code);
+  endRawResponse(socket, error.status, [['content-type', 'application/json']], `${JSON.stringify({ code: error.code, message: error.message })}\n`);
 }
