@@ -15,16 +15,16 @@ export function renderError(exchange: Exchange, error: MeshgateError): void {
   renderHttpError(exchange, error);
 }
 
-export function renderHttpError(exchange: Exchange, error: MeshgateError): void {
+/** An HTTP status and a body: meshgate's JSON by default, or a plane's own (a Kubernetes Status). */
+export function renderHttpError(exchange: Exchange, error: MeshgateError, body: object = { code: error.code, message: error.message, requestId: exchange.id }): void {
   if (exchange.headersSent) {
     // Too late for a status: cut the response off so that it can never look complete.
     exchange.abort();
     return;
   }
-  const body = JSON.stringify({ code: error.code, message: error.message, requestId: exchange.id });
   exchange.respond(
     error.status,
     { ...error.headers, 'content-type': 'application/json', 'cache-control': 'no-store', 'x-request-id': exchange.id },
-    `${body}\n`,
+    `${JSON.stringify(body)}\n`,
   );
 }

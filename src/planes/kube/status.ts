@@ -4,6 +4,7 @@
  * (Forbidden): …". The message begins with the MG_ERR_* code, as gRPC messages do.
  */
 import type { MeshgateError } from '../../errors.js';
+import { renderHttpError } from '../../http/render.js';
 import type { Exchange } from '../../listener/exchange.js';
 
 /** metav1.StatusReason by HTTP status. */
@@ -39,13 +40,5 @@ export function kubeStatus(error: MeshgateError, requestId: string): object {
 }
 
 export function renderKubeError(exchange: Exchange, error: MeshgateError): void {
-  if (exchange.headersSent) {
-    exchange.abort();
-    return;
-  }
-  exchange.respond(
-    error.status,
-    { ...error.headers, 'content-type': 'application/json', 'cache-control': 'no-store', 'x-request-id': exchange.id },
-    `${JSON.stringify(kubeStatus(error, exchange.id))}\n`,
-  );
+  renderHttpError(exchange, error, kubeStatus(error, exchange.id));
 }
