@@ -13,6 +13,7 @@ import { decodeJwt } from 'jose';
 import type { ConfigFiles } from '../config/files.js';
 import type { ApiServerConfig, TokenReviewConfig } from '../config/schema.js';
 import { MeshgateError } from '../errors.js';
+import { createTokenBucket } from '../policy/token-bucket.js';
 import { createTokenCache, tokenCacheKey } from './token-cache.js';
 
 export interface ReviewedToken {
@@ -151,21 +152,6 @@ function expiryOf(token: string): number {
   } catch {
     return Number.POSITIVE_INFINITY;
   }
-}
-
-function createTokenBucket(rate: number, burst: number, now: () => number): { take(): boolean } {
-  let tokens = burst;
-  let filledAt = now();
-  return {
-    take() {
-      const t = now();
-      tokens = Math.min(burst, tokens + ((t - filledAt) / 1000) * rate);
-      filledAt = t;
-      if (tokens < 1) return false;
-      tokens -= 1;
-      return true;
-    },
-  };
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

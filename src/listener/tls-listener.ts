@@ -17,6 +17,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { TLS_SERVER_OPTIONS } from '../tenancy/tenant.js';
 import { endRawResponse } from '../http/raw-response.js';
+import { createTokenBucket } from '../policy/token-bucket.js';
 import { createH1Exchange, createH2Exchange, createUpgradeExchange, type Exchange } from './exchange.js';
 import { listen } from './listen.js';
 
@@ -224,21 +225,14 @@ interface StreamBudget {
  * the process runs out of memory.
  */
 function streamBudget(session: Http2Session, onAbuse: () => void): StreamBudget {
-  let tokens = ABUSE_BURST;
-  let refilledAt = performance.now();
+  const bucket = createTokenBucket(ABUSE_RATE_PER_SECOND, ABUSE_BURST);
   let tripped = false;
   const spend = (): void => {
-    if (tripped || session.destroyed) return;
-    const now = performance.now();
-    tokens = Math.min(ABUSE_BURST, tokens + ((now - refilledAt) / 1000) * ABUSE_RATE_PER_SECOND);
-    refilledAt = now;
-    tokens -= 1;
-    if (tokens < 0) {
-      tripped = true;
-      setImmediate(() => {
-        if (!session.destroyed) onAbuse();
-      });
-    }
+    if (tripped || session.destroyed || bucket.take()) return;
+    tripped = true;
+    setImmediate(() => {
+      if (!session.destroyed) onAbuse();
+    });
   };
   return {
     watch(stream) {
