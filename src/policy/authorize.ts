@@ -22,11 +22,20 @@ export function createAuthorizer(tenant: string, rules: readonly AccessRule[] | 
 }
 
 function compileRule(rule: AccessRule): (identity: Identity) => boolean {
+  const matches = compileIdentityMatch(rule);
+  return (identity) => matches(identity, identity.cluster);
+}
+
+/**
+ * A rule's identity fields: method, subject and URI globs, and cluster. Which cluster a rule's
+ * `cluster` is compared with is the plane's to say: the token's own, or the one a request goes to.
+ */
+export function compileIdentityMatch(rule: AccessRule): (identity: Identity, cluster: string | undefined) => boolean {
   const subject = rule.subject === undefined ? undefined : compileGlob(rule.subject);
   const uri = rule.uri === undefined ? undefined : compileGlob(rule.uri);
-  return (identity) =>
+  return (identity, cluster) =>
     (rule.method === undefined || rule.method === identity.method) &&
-    (rule.cluster === undefined || rule.cluster === identity.cluster) &&
+    (rule.cluster === undefined || rule.cluster === cluster) &&
     (subject === undefined || subject.test(identity.subject)) &&
     (uri === undefined || identity.uris.some((u) => uri.test(u)));
 }

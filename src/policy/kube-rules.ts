@@ -9,7 +9,7 @@
 import type { Identity } from '../auth/identity.js';
 import type { KubeAccessRule, KubePolicyRule, KubeProfile } from '../config/schema.js';
 import { MeshgateError } from '../errors.js';
-import { compileGlob } from './authorize.js';
+import { compileIdentityMatch } from './authorize.js';
 import { describeKubeRequest, type KubeRequest } from './kube-request.js';
 
 const READ = ['get', 'list', 'watch'];
@@ -75,6 +75,7 @@ export type KubeDecision = (identity: Identity, cluster: string, request: KubeRe
 
 export function createKubeDecision(rules: readonly KubeAccessRule[]): KubeDecision {
   const compiled = rules.map((rule) => ({
+    // `cluster` is the cluster the request goes to (a certificate names none of its own).
     matches: compileIdentityMatch(rule),
     allow: [...(rule.profiles ?? []).flatMap((p) => KUBE_PROFILE_RULES[p]), ...(rule.allow ?? [])].map(compilePolicyRule),
     deny: (rule.deny ?? []).map(compilePolicyRule),
@@ -96,17 +97,6 @@ function forbiddenSubject(request: KubeRequest): string {
   if (!request.resourceRequest) return 'forbidden';
   const kind = request.subresource === '' ? request.resource : `${request.resource}/${request.subresource}`;
   return request.name === '' ? `${kind} is forbidden` : `${kind} "${request.name}" is forbidden`;
-}
-
-function compileIdentityMatch(rule: KubeAccessRule): (identity: Identity, cluster: string) => boolean {
-  const subject = rule.subject === undefined ? undefined : compileGlob(rule.subject);
-  const uri = rule.uri === undefined ? undefined : compileGlob(rule.uri);
-  // `cluster` is the cluster the request goes to (a certificate names none of its own).
-  return (identity, cluster) =>
-    (rule.method === undefined || rule.method === identity.method) &&
-    (rule.cluster === undefined || rule.cluster === cluster) &&
-    (subject === undefined || subject.test(identity.subject)) &&
-    (uri === undefined || identity.uris.some((u) => uri.test(u)));
 }
 
 /** RBAC's matching: `*` for all; `pods/*` for every subresource of pods; `/apis/*` as a path prefix. */
