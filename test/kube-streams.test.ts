@@ -233,53 +233,47 @@ describe('upgrades', () => {
     [302, 'Found'],
     [403, 'Forbidden'],
   ])('relays an upstream %i instead of 101 with its body, and closes both connections', async (status, reason) => {
-    const upstreamSocket = { closed: false };
-    const upstream = await startRawApiServer((socket) => {
-      socket.once('data', () => {
-        const body = `{"kind":"Status","code":${status},"message":"upstream says no"}`;
-        // Keep-alive, and a second response queued: a proxy that reused this connection would relay it.
-        const second = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nSECOND RESPONSE';
-        socket.write(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}${second}`);
-      });
-      socket.on('close', () => (upstreamSocket.closed = true));
-    });
-    const gateway = await gatewayTo(upstream.url);
-    try {
-      const { text, closedByServer } = await rawTls({ port: gateway.port('api'), ...files() }, upgradeRequest(execPath, 'websocket'), { waitForCloseMs: 5_000 });
-      expect(text).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
-      expect(text).toContain('upstream says no');
-      expect(text).not.toContain('SECOND RESPONSE');
-      expect(text.toLowerCase()).toContain('connection: close');
-      expect(closedByServer).toBe(true);
-      for (let i = 0; i < 50 && !upstreamSocket.closed; i++) await new Promise((r) => setTimeout(r, 20));
-      expect(upstreamSocket.closed).toBe(true);
-    } finally {
-      await gateway.close();
-      await upstream.close();
-    }
+    const body = `{"kind":"Status","code":${status},"message":"upstream says no"}`;
+    // Keep-alive, and a second response queued: a proxy that reused this connection would relay it.
+    const second = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nSECOND RESPONSE';
+    const { text, closedByServer, upstreamClosed } = await upgradeAnsweredWith(
+      `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}${second}`,
+    );
+    expect(text).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+    expect(text).toContain('upstream says no');
+    expect(text).not.toContain('SECOND RESPONSE');
+    expect(text.toLowerCase()).toContain('connection: close');
+    expect(closedByServer).toBe(true);
+    expect(upstreamClosed).toBe(true);
   });
 
   it('refuses a 101 whose Sec-WebSocket-Accept does not answer the key, and closes both connections', async () => {
+    const { text, closedByServer, upstreamClosed } = await upgradeAnsweredWith(
+      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSBhbnN3ZXI=\r\n\r\n',
+    );
+    expect(text).toMatch(/^HTTP\/1\.1 502 /);
+    expect(text).toContain('MG_ERR_UPSTREAM_UPGRADE_INVALID');
+    expect(closedByServer).toBe(true);
+    expect(upstreamClosed).toBe(true);
+  });
+
+  /** An exec upgrade through a meshgate whose API server answers with `answer`: what the client got, and whether both ends closed. */
+  async function upgradeAnsweredWith(answer: string) {
     const upstreamSocket = { closed: false };
     const upstream = await startRawApiServer((socket) => {
-      socket.once('data', () => {
-        socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSBhbnN3ZXI=\r\n\r\n');
-      });
+      socket.once('data', () => socket.write(answer));
       socket.on('close', () => (upstreamSocket.closed = true));
     });
     const gateway = await gatewayTo(upstream.url);
     try {
       const { text, closedByServer } = await rawTls({ port: gateway.port('api'), ...files() }, upgradeRequest(execPath, 'websocket'), { waitForCloseMs: 5_000 });
-      expect(text).toMatch(/^HTTP\/1\.1 502 /);
-      expect(text).toContain('MG_ERR_UPSTREAM_UPGRADE_INVALID');
-      expect(closedByServer).toBe(true);
       for (let i = 0; i < 50 && !upstreamSocket.closed; i++) await new Promise((r) => setTimeout(r, 20));
-      expect(upstreamSocket.closed).toBe(true);
+      return { text, closedByServer, upstreamClosed: upstreamSocket.closed };
     } finally {
       await gateway.close();
       await upstream.close();
     }
-  });
+  }
 
   it.each([
     ['h2c', execPath],
