@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCertificateAuthority, issueCertificate } from '../src/pki/certificates.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { rawTls } from './helpers/client.js';
-import { capturingLogger, startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
+import { capturingLogger, configCluster, startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
 
 let sandbox: Sandbox;
 beforeAll(async () => {
@@ -96,9 +96,7 @@ describe('watches', () => {
     const upstream = await startRawApiServer((socket) => socket.on('data', () => undefined));
     // The sandbox's cluster CA, which did not sign this server's certificate.
     const gateway = await startGatewayFrom(sandbox, (config) => {
-      const tenants = config.tenants as { id: string; clusters: { id: string; apiServer: { url: string } }[] }[];
-      const cluster = tenants.find((t) => t.id === 'acme')?.clusters.find((c) => c.id === 'acme-east');
-      if (cluster) cluster.apiServer.url = upstream.url;
+      configCluster(config, 'acme', 'acme-east').cluster.apiServer.url = upstream.url;
     });
     try {
       const res = await h1(gateway.port('api'), 'GET', '/clusters/acme-east/api/v1/namespaces');
@@ -321,10 +319,7 @@ const files = () => ({ servername: acme().host, ca: sandbox.info.caFile, cert: a
 /** A meshgate whose acme-east API server is `url`, trusting the test CA, with an optional request timeout. */
 async function gatewayTo(url: string, requestTimeout?: string): Promise<ExtraGateway> {
   return startGatewayFrom(sandbox, (config) => {
-    const tenants = config.tenants as { id: string; clusters: { id: string; apiServer: object }[]; kube: object }[];
-    const tenant = tenants.find((t) => t.id === 'acme');
-    const cluster = tenant?.clusters.find((c) => c.id === 'acme-east');
-    if (!tenant || !cluster) throw new Error('the sandbox has acme-east');
+    const { tenant, cluster } = configCluster(config, 'acme', 'acme-east');
     cluster.apiServer = { ...cluster.apiServer, url, ca: rawCaFile };
     if (requestTimeout !== undefined) tenant.kube = { ...tenant.kube, requestTimeout };
   });

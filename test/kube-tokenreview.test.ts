@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createIssuer } from '../src/sandbox/issuer.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { call } from './helpers/client.js';
-import { startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
+import { configCluster, startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
 
 let sandbox: Sandbox;
 beforeAll(async () => {
@@ -71,8 +71,7 @@ describe('TokenReview for a cluster without public keys', () => {
     let gateway: ExtraGateway | undefined;
     try {
       gateway = await startGatewayFrom(sandbox, (config) => {
-        const west = (config.tenants as { clusters: { id: string; tokenReview?: object }[] }[]).flatMap((t) => t.clusters).find((c) => c.id === 'acme-west');
-        if (west) west.tokenReview = { rate: 0.001, burst: 2 };
+        configCluster(config, 'acme', 'acme-west').cluster.tokenReview = { rate: 0.001, burst: 2 };
       });
       const port = gateway.port('api');
       const tokens = await Promise.all([mint(), mint(), mint()]);
@@ -93,11 +92,8 @@ describe('TokenReview for a cluster without public keys', () => {
     let gateway: ExtraGateway | undefined;
     try {
       gateway = await startGatewayFrom(sandbox, (config) => {
-        const west = (config.tenants as { clusters: { id: string; apiServer: { url: string } }[] }[])
-          .flatMap((t) => t.clusters)
-          .find((c) => c.id === 'acme-west');
         // A port nothing listens on.
-        if (west) west.apiServer.url = 'https://127.0.0.1:1';
+        configCluster(config, 'acme', 'acme-west').cluster.apiServer.url = 'https://127.0.0.1:1';
       });
       const res = await listPods(await mint(), gateway.port('api'));
       expect(res.status).toBe(503);

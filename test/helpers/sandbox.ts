@@ -60,6 +60,14 @@ export async function startGatewayFrom(
   };
 }
 
+/** A tenant of a raw config (as startGatewayFrom's `edit` gets it) and one of its clusters, to change in place. */
+export function configCluster(config: Record<string, any>, tenantId: string, clusterId: string): { tenant: Record<string, any>; cluster: Record<string, any> } {
+  const tenant = (config.tenants as Record<string, any>[]).find((t) => t.id === tenantId);
+  const cluster = (tenant?.clusters as Record<string, any>[] | undefined)?.find((c) => c.id === clusterId);
+  if (!tenant || !cluster) throw new Error(`the config has no cluster ${tenantId}/${clusterId}`);
+  return { tenant, cluster };
+}
+
 export const admissionReview = (uid: string): string => JSON.stringify(sampleAdmissionReview(uid));
 
 /** Every request the stand-in istiods received, cleared after reading. */
