@@ -54,11 +54,12 @@ function startTimer(ms: number | undefined, onTimeout: () => void): NodeJS.Timeo
 }
 
 const proxy = createProxyServer({ xfwd: false, changeOrigin: true, secure: true, ws: false, prependPath: true });
-/** Outbound requests by inbound request, so that a deadline can cancel the outbound one. */
-const outbound = new WeakMap<object, (proxyReq: ClientRequest) => void>();
-proxy.on('proxyReq', (proxyReq, req) => outbound.get(req)?.(proxyReq));
-/** Response observers by inbound request. */
-const responses = new WeakMap<object, (status: number) => void>();
+/**
+ * By inbound request: who learns of its outbound request (so that a deadline can cancel it), and
+ * of the upstream's response status.
+ */
+const inFlight = new WeakMap<object, { onProxyReq: (proxyReq: ClientRequest) => void; onResponse?: ((status: number) => void) | undefined }>();
+proxy.on('proxyReq', (proxyReq, req) => inFlight.get(req)?.onProxyReq(proxyReq));
 // The upstream's hop-by-hop headers stay on its hop. And the client's own choice decides whether
 // the connection stays open: without a `connection` here, http-proxy would copy the request's
 // (already removed) one and fall back to an explicit keep-alive that overrides `Connection: close`.
@@ -68,7 +69,7 @@ proxy.on('proxyRes', (proxyRes, _req, res) => {
     if (isHopByHopResponseHeader(name)) delete proxyRes.headers[name];
   }
   proxyRes.headers.connection = res.shouldKeepAlive ? 'keep-alive' : 'close';
-  responses.get(_req)?.(proxyRes.statusCode ?? 0);
+  inFlight.get(_req)?.onResponse?.(proxyRes.statusCode ?? 0);
   // http-proxy pipes the response, and a pipe does not pass on errors: an upstream that dies
   // mid-body would leave the client waiting forever for the rest. Cut the client off instead.
   proxyRes.once('close', () => {
@@ -98,10 +99,12 @@ function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<Forwa
       if (upstreamReq) upstreamReq.destroy(timeoutError());
       else fail(timeoutError());
     });
-    if (request.onResponse) responses.set(req, request.onResponse);
-    outbound.set(req, (proxyReq) => {
-      upstreamReq = proxyReq;
-      if (timedOut) proxyReq.destroy(timeoutError());
+    inFlight.set(req, {
+      onProxyReq: (proxyReq) => {
+        upstreamReq = proxyReq;
+        if (timedOut) proxyReq.destroy(timeoutError());
+      },
+      onResponse: request.onResponse,
     });
 
     const fail = (error: MeshgateError): void => {
@@ -116,7 +119,7 @@ function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<Forwa
     };
     res.once('close', () => {
       clearTimeout(timer);
-      outbound.delete(req);
+      inFlight.delete(req);
       if (!rejected) resolve(failure ? { status: res.statusCode, error: failure } : { status: res.statusCode });
     });
 
