@@ -29,10 +29,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { benchIdentities, cpuTicks, median, nginxPreamble, rssMiB, runBenchmark, start, workerPids } from './lib.mjs';
+import { benchIdentities, cpuTicks, median, nginxPreamble, rssMiB, runBenchmark, start, workerPids, writer } from './lib.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const WORK = join(ROOT, 'bench', '.work');
+const write = writer(WORK);
 const RESULTS = join(ROOT, 'bench', 'results');
 const REPS = Number(process.env.REPS ?? 3);
 const DURATION = Number(process.env.DURATION ?? 10);
@@ -177,12 +178,6 @@ function table(rows, machine) {
 }
 
 // ---- setup ------------------------------------------------------------------------------------
-
-function write(name, text, mode = 0o644) {
-  const path = join(WORK, name);
-  writeFileSync(path, text, { mode });
-  return path;
-}
 
 async function prepare() {
   const { ca, server, istiod, jwks, issuer, mint } = await benchIdentities(HOST, ISTIOD);

@@ -22,10 +22,11 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execFileSync } from 'node:child_process';
-import { benchIdentities, cpuTicks, median, nginxPreamble, rssMiB, runBenchmark, start, stop, workerPids } from './lib.mjs';
+import { benchIdentities, cpuTicks, median, nginxPreamble, peer, rssMiB, runBenchmark, start, stop, workerPids, writer } from './lib.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const WORK = join(ROOT, 'bench', '.work-kube');
+const write = writer(WORK);
 const RESULTS = join(ROOT, 'bench', 'results');
 const REPS = Number(process.env.REPS ?? 3);
 const WATCHES = Number(process.env.WATCHES ?? 1000);
@@ -72,7 +73,7 @@ async function main() {
       const pids = proxy.pids();
       const before = pids.length ? pids.reduce((sum, pid) => sum + rssMiB(pid), 0) : 0;
       const opened = await watchers.ask({ cmd: 'open', n: WATCHES, port: target.port, servername: target.servername, ca: files.caText, token: origin.token, path: target.path, h2: target.h2 });
-      if (opened.ready !== WATCHES) throw new Error(`${target.name}: ${opened.ready}/${WATCHES} watches opened`);
+      if (opened.opened !== WATCHES) throw new Error(`${target.name}: ${opened.opened}/${WATCHES} watches opened`);
       await sleep(2000);
       const after = pids.length ? pids.reduce((sum, pid) => sum + rssMiB(pid), 0) : 0;
       const ticks = pids.length ? cpuTicks(pids) : 0;
@@ -119,23 +120,6 @@ async function main() {
       ),
     ].join('\n'),
   );
-}
-
-function write(name, text, mode = 0o644) {
-  const path = join(WORK, name);
-  writeFileSync(path, text, { mode });
-  return path;
-}
-
-/** A child driven over IPC, one question at a time. */
-function peer(child) {
-  return {
-    ask: (message) =>
-      new Promise((resolve, reject) => {
-        child.once('message', (answer) => (answer.error ? reject(new Error(answer.error)) : resolve(answer)));
-        child.send(message);
-      }),
-  };
 }
 
 async function startNginx(files, originPort) {

@@ -1,6 +1,8 @@
-// What the benchmarks share: child processes that must not die early, /proc readings, medians.
+// What the benchmarks share: child processes that must not die early (and those driven over IPC),
+// /proc readings, medians, work files.
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 const processes = [];
 let stopping = false;
@@ -100,6 +102,36 @@ export async function benchIdentities(host, istiod) {
   const mint = ({ subject, audience }) =>
     new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'bench' }).setIssuer(issuer).setSubject(subject).setAudience(audience).setExpirationTime('4h').sign(privateKey);
   return { ca, server, istiod: upstream, jwks, issuer, mint };
+}
+
+/** A child driven over IPC: `ask` sends a message and resolves with its answer (answers come in order; one with `error` rejects); `ready` resolves on `{ready: true}`. */
+export function peer(child) {
+  const queue = [];
+  let ready;
+  const readyPromise = new Promise((resolve) => (ready = resolve));
+  child.on('message', (message) => {
+    if (message.ready) return ready();
+    const waiter = queue.shift();
+    if (message.error) waiter?.reject(new Error(message.error));
+    else waiter?.resolve(message);
+  });
+  return {
+    ready: readyPromise,
+    ask: (message) =>
+      new Promise((resolve, reject) => {
+        queue.push({ resolve, reject });
+        child.send(message);
+      }),
+  };
+}
+
+/** Writes files into `dir`: `write(name, text, mode)` returns the path. */
+export function writer(dir) {
+  return (name, text, mode = 0o644) => {
+    const path = join(dir, name);
+    writeFileSync(path, text, { mode });
+    return path;
+  };
 }
 
 /** Runs a benchmark: its children are stopped however it ends, then `cleanup` runs. */

@@ -23,10 +23,11 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { benchIdentities, median, nginxPreamble, rssMiB, runBenchmark, start, stop, workerPids } from './lib.mjs';
+import { benchIdentities, median, nginxPreamble, peer, rssMiB, runBenchmark, start, stop, workerPids, writer } from './lib.mjs';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const WORK = join(ROOT, 'bench', '.work-xds');
+const write = writer(WORK);
 const RESULTS = join(ROOT, 'bench', 'results');
 const REPS = Number(process.env.REPS ?? 3);
 const SIZES = (process.env.SIZES ?? '1000,5000,10000').split(',').map(Number);
@@ -177,24 +178,6 @@ function table(rows, machine) {
 const sum = (values) => values.reduce((a, b) => a + b, 0);
 
 /** A child process spoken to over IPC: ask() sends a message and resolves with the next reply. */
-function peer(child) {
-  const queue = [];
-  let ready;
-  const readyPromise = new Promise((resolve) => (ready = resolve));
-  child.on('message', (message) => {
-    if (message.ready) return ready();
-    queue.shift()?.(message);
-  });
-  return {
-    ready: readyPromise,
-    ask: (message) =>
-      new Promise((resolve) => {
-        queue.push(resolve);
-        child.send(message);
-      }),
-  };
-}
-
 // ---- targets ------------------------------------------------------------------------------------
 
 async function startMeshgate(files) {
@@ -244,12 +227,6 @@ async function startNginx(files) {
 }
 
 // ---- setup --------------------------------------------------------------------------------------
-
-function write(name, text, mode = 0o644) {
-  const path = join(WORK, name);
-  writeFileSync(path, text, { mode });
-  return path;
-}
 
 async function prepare(sidecars) {
   const { ca, server, istiod, jwks, issuer, mint } = await benchIdentities(HOST, ISTIOD);

@@ -63,7 +63,7 @@ async function open({ n, port, servername, ca, token, path, h2: useH2 }) {
   }
   // Every watch starts with an ADDED event per pod (three in bookinfo).
   for (let i = 0; i < 600 && states.some((s) => s.added < 3); i++) await sleep(100);
-  return { ready: states.filter((s) => s.added >= 3).length };
+  return { opened: states.filter((s) => s.added >= 3).length };
 }
 
 async function measure({ seconds }) {
