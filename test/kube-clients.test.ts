@@ -9,7 +9,7 @@ import { connect } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { promisify } from 'node:util';
 import { CoreV1Api, Exec, KubeConfig, Watch, type V1Pod, type V1Status } from '@kubernetes/client-node';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { startSandbox } from '../src/sandbox/sandbox.js';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -98,6 +98,22 @@ describe('@kubernetes/client-node through meshgate', () => {
     controller.abort();
     expect(events.filter((e) => e.startsWith('ADDED')).length).toBeGreaterThanOrEqual(3);
     expect(events.some((e) => e.startsWith('MODIFIED'))).toBe(true);
+  });
+
+  // Found by the real API server: client-node's watch() resolves when the response head arrives,
+  // and a watch with nothing to report has no body for HTTP/1.1 to carry the head with.
+  it('passes on the head of a watch with no events at once, over HTTP/1.1', async () => {
+    let settled = false;
+    const opened = new Watch(client('acme', 'acme-east')).watch('/api/v1/namespaces/no-such-namespace/pods', {}, () => undefined, () => undefined);
+    void opened.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    await vi.waitFor(() => expect(settled).toBe(true), { timeout: 10_000 });
+    const controller = await opened;
+    const metrics = await (await fetch(`${sandbox.info.admin}/metrics`)).text();
+    expect(metrics).toMatch(/^meshgate_kube_watches\{tenant="acme",cluster="acme-east"\} [1-9]/m);
+    controller.abort();
   });
 
   it('runs exec over WebSocket', async () => {

@@ -34,6 +34,12 @@ export interface ForwardRequest {
   readonly timeoutMs?: number | undefined;
   /** Called when the upstream's response head arrives. */
   readonly onResponse?: (status: number) => void;
+  /**
+   * Pass the response head on as soon as it arrives, before any of the body (watches and other
+   * long-running answers: a client waits for the head, and the first event may be minutes away).
+   * Otherwise HTTP/1.1 sends the head with the first chunk of the body, in one write.
+   */
+  readonly streaming?: boolean;
 }
 
 export interface ForwardResult {
@@ -58,18 +64,29 @@ const proxy = createProxyServer({ xfwd: false, changeOrigin: true, secure: true,
  * By inbound request: who learns of its outbound request (so that a deadline can cancel it), and
  * of the upstream's response status.
  */
-const inFlight = new WeakMap<object, { onProxyReq: (proxyReq: ClientRequest) => void; onResponse?: ((status: number) => void) | undefined }>();
+const inFlight = new WeakMap<
+  object,
+  { onProxyReq: (proxyReq: ClientRequest) => void; onResponse?: ((status: number) => void) | undefined; streaming: boolean }
+>();
 proxy.on('proxyReq', (proxyReq, req) => inFlight.get(req)?.onProxyReq(proxyReq));
 // The upstream's hop-by-hop headers stay on its hop. And the client's own choice decides whether
 // the connection stays open: without a `connection` here, http-proxy would copy the request's
 // (already removed) one and fall back to an explicit keep-alive that overrides `Connection: close`.
-proxy.on('proxyRes', (proxyRes, _req, res) => {
+proxy.on('proxyRes', (proxyRes, req, res) => {
   for (const name of Object.keys(proxyRes.headers)) {
     // eslint-disable-next-line @typescript-eslint/no-dynamic-delete -- removing by computed name is the point
     if (isHopByHopResponseHeader(name)) delete proxyRes.headers[name];
   }
   proxyRes.headers.connection = res.shouldKeepAlive ? 'keep-alive' : 'close';
-  inFlight.get(_req)?.onResponse?.(proxyRes.statusCode ?? 0);
+  const record = inFlight.get(req);
+  record?.onResponse?.(proxyRes.statusCode ?? 0);
+  // http-proxy copies status and headers onto `res` right after this event, in the same turn, and
+  // then pipes the body: by the next microtask the head is complete and can go out on its own.
+  if (record?.streaming === true) {
+    queueMicrotask(() => {
+      if (!res.headersSent && !res.destroyed) res.flushHeaders();
+    });
+  }
   // http-proxy pipes the response, and a pipe does not pass on errors: an upstream that dies
   // mid-body would leave the client waiting forever for the rest. Cut the client off instead.
   proxyRes.once('close', () => {
@@ -105,6 +122,7 @@ function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<Forwa
         if (timedOut) proxyReq.destroy(timeoutError());
       },
       onResponse: request.onResponse,
+      streaming: request.streaming === true,
     });
 
     const fail = (error: MeshgateError): void => {

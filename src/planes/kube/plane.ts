@@ -185,6 +185,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
             headers,
             body: exchange.hasBody ? 'stream' : undefined,
             timeoutMs: longRunning ? undefined : state.settings.requestTimeout,
+            streaming: longRunning,
             onResponse,
           });
           context.upstreamStatus = result.status;
