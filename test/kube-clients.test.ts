@@ -116,6 +116,22 @@ describe('@kubernetes/client-node through meshgate', () => {
     controller.abort();
   });
 
+  // istiod's informers (client-go's WatchListClient) open every watch this way.
+  it('carries a watch-list through: the initial events, then the initial-events-end bookmark', async () => {
+    const events: { phase: string; annotations: Record<string, string> }[] = [];
+    const controller = await new Watch(client('acme', 'acme-east')).watch(
+      '/api/v1/namespaces/bookinfo/pods',
+      { sendInitialEvents: true, allowWatchBookmarks: true, resourceVersionMatch: 'NotOlderThan' },
+      (phase: string, pod: V1Pod) => events.push({ phase, annotations: pod.metadata?.annotations ?? {} }),
+      () => undefined,
+    );
+    await vi.waitFor(() => expect(events.map((e) => e.phase)).toContain('BOOKMARK'), { timeout: 10_000 });
+    controller.abort();
+    const bookmark = events.findIndex((e) => e.phase === 'BOOKMARK');
+    expect(events.slice(0, bookmark).map((e) => e.phase)).toEqual(['ADDED', 'ADDED', 'ADDED']);
+    expect(events[bookmark]?.annotations['k8s.io/initial-events-end']).toBe('true');
+  });
+
   it('runs exec over WebSocket', async () => {
     const config = client('acme', 'acme-east');
     const pod = await firstPod(kubeconfigOf('acme', 'acme-east'));

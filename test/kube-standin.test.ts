@@ -384,6 +384,24 @@ describe('the stand-in kube-apiserver over HTTPS', () => {
     expect(new Set(modified.map((e) => String(e.object.metadata.resourceVersion))).size).toBe(modified.length);
   });
 
+  it('ends the initial events of a watch-list with the initial-events-end bookmark', async () => {
+    const { port } = new URL(standIn.url);
+    const path = '/api/v1/namespaces/bookinfo/pods?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1';
+    const lines = await new Promise<{ type: string; object: Json }[]>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, path, headers: bearer(), ca: ca.cert }, (res) => {
+        let body = '';
+        res.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        res.on('end', () => resolve(body.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { type: string; object: Json })));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    const bookmark = lines.findIndex((e) => e.type === 'BOOKMARK');
+    expect(lines.slice(0, bookmark).map((e) => e.type)).toEqual(['ADDED', 'ADDED', 'ADDED']);
+    expect(lines[bookmark]?.object).toMatchObject({ kind: 'Pod', apiVersion: 'v1', metadata: { annotations: { 'k8s.io/initial-events-end': 'true' } } });
+    expect(lines[bookmark]?.object.metadata.resourceVersion).toMatch(/^\d+$/);
+  });
+
   it('honours fieldSelector for lists and watches', async () => {
     const name = podNamed('ratings-v1');
     const list = await call(`/api/v1/pods?fieldSelector=metadata.name%3D${name}`, { headers: bearer() });

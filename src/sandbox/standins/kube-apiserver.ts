@@ -183,7 +183,7 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
       throw new RequestError(400, kubeStatus(400, 'BadRequest', error instanceof Error ? error.message : 'bad selector'));
     }
     if (['1', 'true'].includes(query.get('watch') ?? '')) {
-      serveWatch(res, store, resource, namespace, selector, query);
+      serveWatch(res, store, resource, KINDS[resource], namespace, selector, query);
       return;
     }
     const items = store.list(resource, namespace).filter(selector);

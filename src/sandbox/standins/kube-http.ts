@@ -32,12 +32,15 @@ export function parseUrl(url: string | undefined): URL {
 /**
  * A watch: one JSON event per line, written as it happens, ended after `timeoutSeconds`. From a
  * `resourceVersion` the history still holds, it replays what changed since; otherwise it starts
- * with ADDED for every matching object.
+ * with ADDED for every matching object. A watch-list (`sendInitialEvents=true`, client-go's
+ * informers since 1.32) then gets the BOOKMARK that ends the initial events, as the real API
+ * server sends it: the kind, the resourceVersion, and the `k8s.io/initial-events-end` annotation.
  */
 export function serveWatch(
   res: ServerResponse,
   store: KubeStore,
   resource: KubeResource,
+  kind: string,
   namespace: string | undefined,
   selector: (object: KubeObject) => boolean,
   query: URLSearchParams,
@@ -52,6 +55,10 @@ export function serveWatch(
   const from = query.get('resourceVersion') ?? '';
   const replay = /^[1-9]\d*$/.test(from) ? store.eventsSince(resource, Number(from)) : undefined;
   for (const event of replay ?? store.list(resource, namespace).map((object): WatchEvent => ({ type: 'ADDED', object }))) send(event);
+  if (query.get('sendInitialEvents') === 'true' && query.get('allowWatchBookmarks') === 'true') {
+    const bookmark = { kind, apiVersion: 'v1', metadata: { resourceVersion: store.resourceVersion(), annotations: { 'k8s.io/initial-events-end': 'true' } } };
+    res.write(`${JSON.stringify({ type: 'BOOKMARK', object: bookmark })}\n`);
+  }
   const unsubscribe = store.subscribe((changed, event) => {
     if (changed === resource) send(event);
   });
