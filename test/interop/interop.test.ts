@@ -1,0 +1,307 @@
+/**
+ * meshgate between real Istio and real Kubernetes (interop/build.sh builds them): the rows a
+ * provider's external control plane depends on, each proved with the real programs, and the
+ * tenants kept apart, as the API servers' audit logs and istiod's own logs tell it.
+ */
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { writeFile } from '../../src/sandbox/pki.js';
+import { istioctl, startAgent, startEcho, type Agent } from './harness/istio.js';
+import { binary, stopAll } from './harness/processes.js';
+import { CONFIG_CLUSTER_ID, startTopology, TENANTS, type Topology } from './harness/topology.js';
+
+let topology: Topology;
+beforeAll(async () => {
+  for (const program of ['etcd', 'kube-apiserver', 'kubectl', 'pilot-discovery', 'pilot-agent', 'istioctl', 'echo-server']) {
+    if (!existsSync(binary(program))) throw new Error(`${binary(program)} is missing: run interop/build.sh (npm run test:interop does)`);
+  }
+  topology = await startTopology();
+});
+// Everything started, even by a topology that failed half-way.
+afterAll(stopAll);
+
+const cluster = (id: string) => {
+  const found = topology.clusters.get(id);
+  if (!found) throw new Error(`no cluster ${id}`);
+  return found;
+};
+
+interface Container {
+  name: string;
+  env?: { name: string; value?: string }[];
+}
+interface PodLike {
+  spec?: { containers?: Container[]; initContainers?: Container[] };
+  metadata?: { annotations?: Record<string, string> };
+}
+/** Init containers too: istiod injects istio-proxy as a native sidecar where the cluster has them. */
+const containersOf = (pod: PodLike): Container[] => [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])];
+
+async function createPod(clusterId: string, namespace: string, name: string): Promise<PodLike> {
+  const kube = cluster(clusterId);
+  await kube.apply([
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace, labels: { 'istio-injection': 'enabled' } } },
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'web', namespace } },
+  ]);
+  const out = await kube.kubectl(
+    ['create', '-o', 'json', '-f', '-'],
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name, namespace, labels: { app: name } },
+      // A service account: the injected sidecar mounts a projected istio-token of its own.
+      spec: { serviceAccountName: 'web', containers: [{ name: 'app', image: 'registry.example/app:1', ports: [{ containerPort: 8080 }] }] },
+    }),
+  );
+  return JSON.parse(out) as PodLike;
+}
+
+describe('sidecar injection through meshgate (mesh kube-apiserver → webhook listener → the tenant istiod)', () => {
+  it.each(TENANTS.flatMap((t) => t.clusters.map((c) => [t.id, c] as const)))('%s: a Pod created in %s comes back with istio-proxy', async (tenant, clusterId) => {
+    const pod = await createPod(clusterId, 'shop', `web-${clusterId}`);
+    const proxy = containersOf(pod).find((c) => c.name === 'istio-proxy');
+    expect(proxy, JSON.stringify(containersOf(pod).map((c) => c.name))).toBeDefined();
+    const env = new Map((proxy?.env ?? []).map((e) => [e.name, e.value ?? '']));
+    // Injected by this tenant's istiod, for this cluster, pointing the sidecar at meshgate.
+    expect(env.get('ISTIO_META_CLUSTER_ID')).toBe(clusterId);
+    expect(pod.metadata?.annotations?.['sidecar.istio.io/status']).toBeDefined();
+    expect(JSON.stringify(proxy)).toContain(topology.xdsAddress(tenant));
+  });
+});
+
+describe('validation through meshgate', () => {
+  it.each(TENANTS.map((t) => [t.id, t.clusters[0]!] as const))('%s: invalid Istio config in %s is refused by istiod', async (_tenant, clusterId) => {
+    const invalid = {
+      apiVersion: 'networking.istio.io/v1',
+      kind: 'VirtualService',
+      metadata: { name: 'broken', namespace: 'default' },
+      spec: { hosts: ['reviews'], http: [{ route: [{ destination: { host: 'reviews' }, weight: -5 }] }] },
+    };
+    const refused = await cluster(clusterId)
+      .kubectl(['create', '-f', '-'], JSON.stringify(invalid))
+      .then(
+        () => '',
+        (err: unknown) => String(err),
+      );
+    expect(refused).toMatch(/admission webhook "rev\.validation\.istio\.io" denied the request/);
+  });
+});
+
+describe('istio-agent (proxyless) through meshgate', () => {
+  const agents = new Map<string, Agent>();
+  beforeAll(async () => {
+    for (const [tenant, clusterId] of [
+      ['acme', 'acme-east'],
+      ['acme', 'acme-west'],
+      ['globex', 'globex-main'],
+    ] as const) {
+      const token = await cluster(clusterId).token('echo', 'echo', { audience: 'istio-ca' });
+      const agent = await startAgent({
+        name: clusterId,
+        dir: topology.dir,
+        cluster: clusterId,
+        namespace: 'echo',
+        serviceAccount: 'echo',
+        token,
+        discoveryAddress: topology.xdsAddress(tenant),
+        rootCaFile: topology.meshgate.providerCaFile,
+        serverName: topology.tenant(tenant).host,
+      });
+      agents.set(clusterId, agent);
+    }
+  });
+
+  it.each([
+    ['acme', 'acme-east'],
+    ['acme', 'acme-west'],
+    ['globex', 'globex-main'],
+  ] as const)('%s: the agent in %s gets its workload certificate from its own istiod', async (tenant, clusterId) => {
+    const agent = agents.get(clusterId)!;
+    const chain = await vi.waitFor(
+      () => {
+        if (!existsSync(join(agent.certDir, 'cert-chain.pem'))) throw new Error(`no certificate yet:\n${agent.program.log().slice(-2000)}`);
+        return readFileSync(join(agent.certDir, 'cert-chain.pem'), 'utf8');
+      },
+      { timeout: 60_000, interval: 500 },
+    );
+    const leaf = new X509Certificate(chain);
+    expect(leaf.subjectAltName).toBe('URI:spiffe://cluster.local/ns/echo/sa/echo');
+    // Signed by this tenant's mesh CA, never the other's.
+    expect(leaf.verify(new X509Certificate(topology.meshCas.get(tenant)!.cert).publicKey)).toBe(true);
+    const other = TENANTS.find((t) => t.id !== tenant)!.id;
+    expect(leaf.verify(new X509Certificate(topology.meshCas.get(other)!.cert).publicKey)).toBe(false);
+  });
+
+  it.each([
+    ['acme', 'acme-east'],
+    ['acme', 'acme-west'],
+    ['globex', 'globex-main'],
+  ] as const)('%s: the echo workload in %s holds an xDS stream that istiod lists', async (tenant, clusterId) => {
+    const agent = agents.get(clusterId)!;
+    await vi.waitFor(() => expect(existsSync(agent.bootstrap)).toBe(true), { timeout: 30_000, interval: 250 });
+    await startEcho(clusterId, topology.dir, agent.bootstrap);
+    const istiod = topology.istiods.get(tenant)!;
+    await vi.waitFor(
+      async () => {
+        const syncz = (await (await fetch(`http://127.0.0.1:${istiod.ports.http}/debug/syncz`)).json()) as { proxy?: string; cluster_id?: string }[];
+        expect(syncz.map((p) => `${p.cluster_id ?? ''} ${p.proxy ?? ''}`)).toContainEqual(expect.stringMatching(new RegExp(`^${clusterId} .*${clusterId}-0\\.echo`)));
+      },
+      { timeout: 60_000, interval: 1000 },
+    );
+  });
+
+  describe('istioctl through meshgate', () => {
+    const operatorDir = (tenant: string): string => {
+      const dir = mkdtempSync(join(tmpdir(), `istioctl-${tenant}-`));
+      return dir;
+    };
+
+    it.each(TENANTS.map((t) => [t.id] as const))('%s: proxy-status and internal-debug syncz with a token list only its own proxies', async (tenant) => {
+      const spec = topology.tenant(tenant);
+      const kubeconfig = cluster(spec.clusters[0]!).adminKubeconfig;
+      const common = ['--xds-address', topology.xdsAddress(tenant), '-i', spec.namespace];
+      await vi.waitFor(
+        async () => {
+          const status = await istioctl(['proxy-status', ...common], kubeconfig);
+          expect(status.stderr + status.stdout).toMatch(/echo/);
+          for (const c of spec.clusters) expect(status.stdout).toContain(`${c}-0.echo`);
+          for (const foreign of TENANTS.filter((t) => t.id !== tenant).flatMap((t) => t.clusters)) expect(status.stdout).not.toContain(`${foreign}-0`);
+        },
+        { timeout: 60_000, interval: 2000 },
+      );
+      const syncz = await istioctl(['x', 'internal-debug', 'syncz', ...common], kubeconfig);
+      expect(syncz.code, syncz.stderr).toBe(0);
+      expect(syncz.stdout).toContain(`${spec.clusters[0]}-0.echo`);
+      for (const foreign of TENANTS.filter((t) => t.id !== tenant).flatMap((t) => t.clusters)) expect(syncz.stdout).not.toContain(`${foreign}-0`);
+    });
+
+    it.each(TENANTS.map((t) => [t.id] as const))('%s: proxy-status and internal-debug syncz with --cert-dir list only its own proxies', async (tenant) => {
+      const spec = topology.tenant(tenant);
+      const dir = operatorDir(tenant);
+      const operator = topology.meshgate.credentials.get(tenant)!.operator;
+      writeFile(join(dir, 'cert-chain.pem'), operator.cert);
+      writeFile(join(dir, 'key.pem'), operator.key, true);
+      writeFile(join(dir, 'root-cert.pem'), topology.meshgate.providerCa.cert);
+      const kubeconfig = cluster(spec.clusters[0]!).adminKubeconfig;
+      const common = ['--xds-address', topology.xdsAddress(tenant), '--cert-dir', dir, '-i', spec.namespace];
+      const status = await istioctl(['proxy-status', ...common], kubeconfig);
+      expect(status.code, status.stderr).toBe(0);
+      expect(status.stdout).toContain(`${spec.clusters[0]}-0.echo`);
+      const syncz = await istioctl(['x', 'internal-debug', 'syncz', ...common], kubeconfig);
+      expect(syncz.code, syncz.stderr).toBe(0);
+      expect(syncz.stdout).toContain(`${spec.clusters[0]}-0.echo`);
+      for (const foreign of TENANTS.filter((t) => t.id !== tenant).flatMap((t) => t.clusters)) {
+        expect(status.stdout).not.toContain(`${foreign}-0`);
+        expect(syncz.stdout).not.toContain(`${foreign}-0`);
+      }
+    });
+
+    it('refuses acme operator certificates and tokens on globex host, and a claimed foreign cluster id', async () => {
+      const acme = topology.tenant('acme');
+      const dir = operatorDir('cross');
+      const operator = topology.meshgate.credentials.get('acme')!.operator;
+      writeFile(join(dir, 'cert-chain.pem'), operator.cert);
+      writeFile(join(dir, 'key.pem'), operator.key, true);
+      writeFile(join(dir, 'root-cert.pem'), topology.meshgate.providerCa.cert);
+      const kubeconfig = cluster(acme.clusters[0]!).adminKubeconfig;
+      const certOnGlobex = await istioctl(['proxy-status', '--xds-address', topology.xdsAddress('globex'), '--cert-dir', dir, '-i', acme.namespace], kubeconfig);
+      expect(certOnGlobex.code).not.toBe(0);
+      const tokenOnGlobex = await istioctl(['proxy-status', '--xds-address', topology.xdsAddress('globex'), '-i', acme.namespace], kubeconfig);
+      expect(tokenOnGlobex.code).not.toBe(0);
+      expect(tokenOnGlobex.stderr + tokenOnGlobex.stdout).toMatch(/MG_ERR_/);
+    });
+  });
+
+  it('refuses an acme agent aimed at globex, and one claiming a globex cluster id', async () => {
+    const token = await cluster('acme-east').token('echo', 'stray', { audience: 'istio-ca' });
+    const wrongHost = await startAgent({
+      name: 'acme-on-globex',
+      dir: topology.dir,
+      cluster: 'acme-east',
+      namespace: 'echo',
+      serviceAccount: 'stray',
+      token,
+      discoveryAddress: topology.xdsAddress('globex'),
+      rootCaFile: topology.meshgate.providerCaFile,
+      serverName: topology.tenant('globex').host,
+    });
+    const wrongCluster = await startAgent({
+      name: 'acme-claims-globex-main',
+      dir: topology.dir,
+      cluster: 'globex-main',
+      namespace: 'echo',
+      serviceAccount: 'stray',
+      token,
+      discoveryAddress: topology.xdsAddress('acme'),
+      rootCaFile: topology.meshgate.providerCaFile,
+      serverName: topology.tenant('acme').host,
+    });
+    await vi.waitFor(
+      () => {
+        expect(wrongHost.program.log()).toMatch(/MG_ERR_AUTHN_\w+/);
+        expect(wrongCluster.program.log()).toMatch(/MG_ERR_AUTHZ_CLUSTER_MISMATCH|MG_ERR_\w+/);
+      },
+      { timeout: 60_000, interval: 1000 },
+    );
+    expect(existsSync(join(wrongHost.certDir, 'cert-chain.pem'))).toBe(false);
+    expect(existsSync(join(wrongCluster.certDir, 'cert-chain.pem'))).toBe(false);
+    await wrongHost.program.stop();
+    await wrongCluster.program.stop();
+  });
+});
+
+describe('istiod reaches the mesh clusters only through meshgate, each tenant its own', () => {
+  it('istiod wrote istio-ca-root-cert with its own root into its mesh clusters', async () => {
+    for (const tenant of TENANTS) {
+      for (const clusterId of tenant.clusters) {
+        const root = await vi.waitFor(
+          async () => JSON.parse(await cluster(clusterId).kubectl(['get', 'configmap', 'istio-ca-root-cert', '-n', 'shop', '-o', 'json'])) as { data: Record<string, string> },
+          { timeout: 60_000, interval: 1000 },
+        );
+        expect(root.data['root-cert.pem']?.trim()).toBe(topology.meshCas.get(tenant.id)!.cert.trim());
+      }
+    }
+  });
+
+  it("no request of one tenant's istiod, token or TokenReview reaches another tenant's API servers", () => {
+    for (const tenant of TENANTS) {
+      for (const clusterId of tenant.clusters) {
+        const events = cluster(clusterId).audit();
+        expect(events.length).toBeGreaterThan(0);
+        // The suite's own readiness probe is the one anonymous caller.
+        const users = new Set(events.filter((e) => !(e.user.username === 'system:anonymous' && e.requestURI === '/readyz')).map((e) => e.user.username ?? ''));
+        for (const user of users) {
+          // The cluster's own admin (setup), its API server, and this tenant's service accounts.
+          expect(user, `${clusterId} served ${user}`).toMatch(new RegExp(`^(interop-admin|system:apiserver|system:serviceaccount:(${tenant.namespace}|echo):[\\w-]+)$`));
+        }
+        // Every token it saw was its own: a foreign one would be a 401 here.
+        expect(events.filter((e) => e.responseStatus?.code === 401)).toEqual([]);
+        // istiod's TokenReviews for this cluster came from this tenant's istiod, through meshgate.
+        const reviews = events.filter((e) => e.objectRef?.resource === 'tokenreviews');
+        for (const review of reviews) expect(review.user.username).toBe(`system:serviceaccount:${tenant.namespace}:istiod`);
+      }
+    }
+    // istiod's own logs name only its tenant's clusters.
+    for (const tenant of TENANTS) {
+      const log = topology.istiods.get(tenant.id)!.program.log();
+      for (const foreign of TENANTS.filter((t) => t.id !== tenant.id).flatMap((t) => t.clusters)) expect(log).not.toContain(foreign);
+      expect(log).toContain(tenant.clusters[0]);
+    }
+    expect(CONFIG_CLUSTER_ID).toBe('provider');
+  });
+
+  it("meshgate counted istiod's watches and TokenReviews by tenant and cluster", async () => {
+    const metrics = await topology.meshgate.metrics();
+    for (const tenant of TENANTS) {
+      for (const clusterId of tenant.clusters) {
+        // istiod's informers hold their watches open for as long as it runs.
+        expect(metrics).toMatch(new RegExp(`^meshgate_kube_watches\\{tenant="${tenant.id}",cluster="${clusterId}"\\} [1-9]`, 'm'));
+        // Each agent's token was reviewed by istiod against the agent's own cluster, through meshgate.
+        expect(metrics).toMatch(new RegExp(`^meshgate_kube_requests_total\\{tenant="${tenant.id}",cluster="${clusterId}",verb="create",code="201"\\} [1-9]`, 'm'));
+      }
+    }
+  });
+});
