@@ -3,7 +3,7 @@
  * command works when pasted into a shell. sandbox.json keeps its contract. Signals stop it cleanly.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -55,6 +55,23 @@ describe('meshgate sandbox', () => {
   it('runs the printed debug read', async () => {
     const body = JSON.parse((await sh(commands[2] ?? '')).stdout) as { tenant: string; clusterid: string };
     expect(body).toMatchObject({ tenant: 'acme', clusterid: 'acme-east' });
+  });
+
+  it('reloads its config on SIGHUP and keeps serving; a broken config is refused and the last good one kept', async () => {
+    const configFile = join(dir, 'meshgate.yaml');
+    const original = readFileSync(configFile, 'utf8');
+    sandbox.child.kill('SIGHUP');
+    await sandbox.waitFor(/\[meshgate\] reloaded /);
+    writeFileSync(configFile, 'tenants: [');
+    try {
+      sandbox.child.kill('SIGHUP');
+      await sandbox.waitFor(/\[meshgate\] config reload failed; keeping the config in use/);
+    } finally {
+      writeFileSync(configFile, original);
+    }
+    expect(sandbox.child.exitCode).toBeNull();
+    const body = JSON.parse((await sh(commands[2] ?? '')).stdout) as { tenant: string };
+    expect(body.tenant).toBe('acme');
   });
 
   it('runs the printed isolation checks and is refused, with reasons', async () => {

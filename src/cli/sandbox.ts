@@ -4,6 +4,8 @@
  */
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { ConfigError } from '../config/issues.js';
+import { loadConfig } from '../config/load.js';
 import { createLogger } from '../observability/logger.js';
 import { sandboxGuide } from '../sandbox/guide.js';
 import { startSandbox } from '../sandbox/sandbox.js';
@@ -54,7 +56,21 @@ export async function runSandbox(args: readonly string[]): Promise<number> {
   });
   if (!state.stopping) console.log(`\n${sandboxGuide(sandbox.info)}`);
 
+  // SIGHUP reloads the config the sandbox wrote, as `meshgate serve` does; a bad edit keeps the
+  // config in use. (Without a handler, SIGHUP would end the process and its stand-ins with it.)
+  const reload = (): void => {
+    try {
+      sandbox.gateway.reload(() => loadConfig(sandbox.info.config));
+      console.log(`[meshgate] reloaded ${sandbox.info.config}`);
+    } catch (err) {
+      const reason = err instanceof ConfigError ? err.message : String(err);
+      logger.error({ err: reason }, 'config reload failed; keeping the config in use');
+    }
+  };
+  process.on('SIGHUP', reload);
+
   await stopped;
+  process.off('SIGHUP', reload);
   console.log('\nstopping the sandbox …');
   await sandbox.close();
   logFile.end();
