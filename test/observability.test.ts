@@ -4,7 +4,7 @@
  * one and says so.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { ConfigError } from '../src/config/issues.js';
 import { loadConfig } from '../src/config/load.js';
@@ -122,6 +122,45 @@ describe('access log', () => {
       expect(all).not.toContain(secret);
     }
     expect(all).toContain('/k/[redacted]/inject/cluster/globex-main/net/network1');
+  });
+
+  it('never writes a path key or a token that a refused request carries, in any spelling or position', async () => {
+    const globex = tenant('globex');
+    const acme = tenant('acme');
+    const key = /\/k\/([^/]+)\//.exec(globex.webhook.inject)?.[1] ?? '';
+    const token = acme.tokens.debug;
+    const webhook = (path: string) =>
+      call({
+        port: sandbox.info.listeners.webhook.port,
+        servername: globex.host,
+        method: 'POST',
+        path,
+        headers: { 'content-type': 'application/json' },
+        body: admissionReview('spelling'),
+        ca: sandbox.info.caFile,
+      });
+    const api = (host: string, path: string) => call({ port: sandbox.info.listeners.api.port, servername: host, path, ca: sandbox.info.caFile });
+    const requestLines = () => capture.lines.filter((l) => l.msg === 'request').length;
+    const before = requestLines();
+    const refused = [
+      await webhook(`//k/${key}/inject/cluster/globex-main/net/network1`),
+      await webhook(`/./k/${key}/inject/cluster/globex-main/net/network1`),
+      await webhook(`/k/${key}/k/${key}/inject/cluster/globex-main/net/network1`),
+      await webhook(`/%6B/${key}/inject/cluster/globex-main/net/network1`),
+      await webhook(`/k%2F${key}%2Finject`),
+      await webhook(`/inject/cluster/globex-main/net/network1?key=${key}`),
+      await api(acme.host, `/debug/syncz?access_token=${token}`),
+      await api(acme.host, `/debug/syncz?token=${token}&x=1`),
+      await api(acme.host, `/clusters/acme-east/api/v1/namespaces?access_token=${token}`),
+      await api(acme.host, `/clusters/${token}/api/v1/namespaces`),
+    ];
+    for (const response of refused) expect(response.status).toBeGreaterThanOrEqual(400);
+    // Every line those requests produced, wherever it came from.
+    await vi.waitFor(() => expect(requestLines()).toBeGreaterThanOrEqual(before + refused.length));
+    const all = capture.raw.join('');
+    expect(all).not.toContain(key);
+    expect(all).not.toContain(token);
+    expect(all).not.toContain(token.split('.')[2]);
   });
 });
 

@@ -3,7 +3,7 @@
  * outcome: tenant, plane, identity subject, outcome code and duration.
  */
 import type { RequestContext } from '../planes/plane.js';
-import { redactPath, type Logger } from './logger.js';
+import { redactTarget, redactTokens, type Logger } from './logger.js';
 import { NONE, type Metrics } from './metrics.js';
 
 export function observeRequest(context: RequestContext, metrics: Metrics, logger: Logger): void {
@@ -27,7 +27,7 @@ export function observeRequest(context: RequestContext, metrics: Metrics, logger
     tenant,
     plane,
     method: exchange.method,
-    path: redactPath(exchange.target),
+    path: redactTarget(exchange.target),
     status: exchange.status,
     outcome,
     subject: identity?.subject,
@@ -41,7 +41,9 @@ export function observeRequest(context: RequestContext, metrics: Metrics, logger
   if (error?.code === 'MG_ERR_INTERNAL') {
     logger.error({ ...line, err: error.cause }, 'request failed inside meshgate');
   } else if (error) {
-    logger.info({ ...line, detail: error.detail, cause: describeCause(error.cause) }, 'request');
+    // Details and causes can quote what the client sent (a cluster name, a header): no token in them either.
+    const cause = describeCause(error.cause);
+    logger.info({ ...line, detail: error.detail === undefined ? undefined : redactTokens(error.detail), cause: cause === undefined ? undefined : redactTokens(cause) }, 'request');
   } else {
     logger.info(line, 'request');
   }

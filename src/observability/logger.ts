@@ -58,9 +58,57 @@ export function accessLogger(logger: Logger): Logger {
 }
 
 /**
- * `/k/<key>/inject/…` → `/k/[redacted]/inject/…`: a path key is a credential. Absolute-form
- * targets (`https://host/k/<key>/…`) are refused, but logged, so they are redacted too.
+ * A request target as it may be logged: every credential in it replaced by `[redacted]`, wherever
+ * it stands and however it is spelled, since a refused request is logged as it was sent.
+ *  - A path key: the segment after any segment that means `k` (`/k/<key>`, `//k/<key>`,
+ *    `/./k/<key>`, `/%6B/<key>`, `\k\<key>`, `%2Fk%2F<key>`, and every one of several).
+ *  - A token: anything shaped like a JWT, in the path or the query.
+ *  - A query parameter named like a credential (`access_token`, `token`, `key`, …): its value.
  */
-export function redactPath(target: string): string {
-  return target.replace(/^((?:[a-z][a-z0-9+.-]*:\/\/[^/]*)?\/k\/)[^/?#]*/i, '$1[redacted]');
+export function redactTarget(target: string): string {
+  const query = target.search(/[?#]/);
+  const path = query === -1 ? target : target.slice(0, query);
+  const rest = query === -1 ? '' : target.slice(query);
+  return redactTokens(redactPathKeys(path) + redactQuery(rest));
+}
+
+/** Anything shaped like a JWT (a base64url JSON header, a payload, a signature) in free text. */
+export function redactTokens(text: string): string {
+  return text.replace(JWT_SHAPE, '[redacted]');
+}
+
+const JWT_SHAPE = /ey[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g;
+const SEPARATOR = /(\/|\\|%2f|%5c)/i;
+const CREDENTIAL_PARAMS = new Set(['accesstoken', 'token', 'idtoken', 'jwt', 'bearer', 'key', 'apikey', 'password', 'secret', 'authorization', 'auth', 'k']);
+
+function redactPathKeys(path: string): string {
+  // Separators are kept as their own parts, so that the path is put back together as it came.
+  const parts = path.split(SEPARATOR);
+  let afterK = false;
+  for (let i = 0; i < parts.length; i += 2) {
+    const segment = decodeLoosely(parts[i] ?? '');
+    if (afterK && segment !== '' && segment !== '.') {
+      parts[i] = '[redacted]';
+      afterK = false;
+    } else if (segment.toLowerCase() === 'k') {
+      afterK = true;
+    }
+  }
+  return parts.join('');
+}
+
+function redactQuery(query: string): string {
+  return query.replace(/([?&;#])([^=&;#]*)=([^&;#]*)/g, (whole, lead: string, name: string) =>
+    CREDENTIAL_PARAMS.has(decodeLoosely(name).toLowerCase().replace(/[-_]/g, '')) ? `${lead}${name}=[redacted]` : whole,
+  );
+}
+
+/** Percent-decoding that never throws: a malformed escape stays as it is. */
+function decodeLoosely(text: string): string {
+  if (!text.includes('%')) return text;
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
