@@ -66,6 +66,36 @@ describe.each(['h1', 'h2'] as Protocol[])('routing over %s', (protocol) => {
     expect([res.status, res.json().code]).toEqual([421, 'MG_ERR_ROUTE_UNKNOWN_HOST']);
   });
 
+  it('closes a connection that reaches no tenant after its answer, without SNI or with an unknown one', async () => {
+    for (const servername of [false, 'initech.meshgate.test'] as const) {
+      if (protocol === 'h1') {
+        // A keep-alive request: the answer says Connection: close, and the server ends the connection.
+        const answer = await rawTls(
+          { port: sandbox.info.listeners.webhook.port, servername, insecure: true, ca: sandbox.info.caFile },
+          `GET /validate HTTP/1.1\r\nHost: ${acme().host}\r\nConnection: keep-alive\r\n\r\n`,
+          { waitForCloseMs: 5_000 },
+        );
+        expect(answer.text).toMatch(/^HTTP\/1\.1 421 /);
+        expect(answer.text).toMatch(/\r\nconnection: close\r\n/i);
+        expect(answer.closedByServer).toBe(true);
+      } else {
+        const session = http2Connect(`https://127.0.0.1:${sandbox.info.listeners.webhook.port}`, {
+          ...(servername === false ? {} : { servername }),
+          rejectUnauthorized: false,
+        });
+        const goaway = new Promise<number>((resolve) => session.once('goaway', (code: number) => resolve(code)));
+        const closed = new Promise<void>((resolve) => session.once('close', () => resolve()));
+        session.on('error', () => undefined);
+        const stream = session.request({ ':path': '/validate', ':authority': acme().host });
+        const status = await new Promise<number>((resolve) => stream.once('response', (h) => resolve(Number(h[':status']))));
+        stream.resume();
+        expect(status).toBe(421);
+        expect(await goaway).toBe(0);
+        await closed;
+      }
+    }
+  });
+
   it("refuses a Host/:authority naming another tenant's host (421)", async () => {
     const res = await inject({ protocol, authority: sandbox.info.tenants.globex?.host ?? '' });
     expect([res.status, res.json().code]).toEqual([421, 'MG_ERR_ROUTE_HOST_MISMATCH']);

@@ -56,7 +56,9 @@ export function createRequestHandler(deps: RequestHandlerDeps, planeNames: reado
       .catch((err: unknown) => {
         const error = toMeshgateError(err);
         context.error = error;
-        if (error.code === 'MG_ERR_LIMIT_CONNECTIONS') exchange.closeConnectionAfter();
+        // A connection over its limit, or one that reaches no tenant (no SNI, an unknown one),
+        // gets its answer and is closed: kept alive, it would hold a slot of the listener for nothing.
+        if (error.code === 'MG_ERR_LIMIT_CONNECTIONS' || !reachesTenant(exchange, snapshot)) exchange.closeConnectionAfter();
         if (context.render) context.render(exchange, error);
         else renderError(exchange, error);
         exchange.refused();
@@ -64,6 +66,10 @@ export function createRequestHandler(deps: RequestHandlerDeps, planeNames: reado
       })
       .finally(done);
   };
+}
+
+function reachesTenant(exchange: Exchange, snapshot: Snapshot): boolean {
+  return exchange.serverName !== undefined && snapshot.tenantForHost(exchange.serverName) !== undefined;
 }
 
 async function handle(
