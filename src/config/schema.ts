@@ -178,6 +178,19 @@ const accessRule = z
   .strictObject(identityMatch)
   .refine((rule) => Object.keys(rule).length > 0, 'a rule needs at least one of method, subject, uri, cluster');
 
+/** The gRPC methods of the xds plane, by their short names. */
+export const XDS_METHOD_NAMES = ['StreamAggregatedResources', 'DeltaAggregatedResources', 'CreateCertificate'] as const;
+
+/**
+ * An xds rule may also say which methods it grants. Without `methods`: ADS and Delta ADS, and
+ * CreateCertificate only to callers with a token of their own (istiod signs for that token's
+ * account). A certificate caller rides on meshgate's istiod token, so it gets a workload
+ * certificate only from a rule that names CreateCertificate.
+ */
+const xdsAccessRule = z
+  .strictObject({ ...identityMatch, methods: z.array(z.enum(XDS_METHOD_NAMES)).min(1).optional() })
+  .refine((rule) => Object.keys(rule).some((k) => k !== 'methods'), 'a rule needs at least one of method, subject, uri, cluster');
+
 export const KUBE_PROFILES = ['istiod', 'kiali-readonly'] as const;
 export type KubeProfile = (typeof KUBE_PROFILES)[number];
 
@@ -274,7 +287,7 @@ const tenant = z.strictObject({
     .strictObject({
       webhook: z.array(accessRule).optional(),
       debug: z.array(accessRule).optional(),
-      xds: z.array(accessRule).optional(),
+      xds: z.array(xdsAccessRule).optional(),
       kube: z.array(kubeAccessRule).optional(),
     })
     .default({}),
@@ -346,6 +359,7 @@ export type UpstreamConfig = z.output<typeof upstream>;
 export type XdsUpstreamConfig = z.output<typeof xdsUpstream>;
 export type XdsSettings = z.output<typeof xdsSettings>;
 export type AccessRule = z.output<typeof accessRule>;
+export type XdsAccessRule = z.output<typeof xdsAccessRule>;
 export type KubeAccessRule = z.output<typeof kubeAccessRule>;
 export type KubePolicyRule = z.output<typeof kubePolicyRule>;
 export type KubeSettings = z.output<typeof kubeSettings>;

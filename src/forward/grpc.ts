@@ -11,7 +11,8 @@
  * There is no request timeout: xDS streams live for as long as the sidecar does.
  */
 import { constants as h2, type ClientHttp2Stream, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
-import { MeshgateError } from '../errors.js';
+import { MeshgateError, toMeshgateError } from '../errors.js';
+import { createMessageReader } from '../grpc/message-reader.js';
 import { grpcStatusHeaders, respondTrailersOnly, statusOfReset, GRPC_STATUS } from '../grpc/status.js';
 import type { H2Exchange } from '../listener/exchange.js';
 import type { GrpcPool } from './grpc-pool.js';
@@ -23,7 +24,15 @@ export interface GrpcForwardRequest {
   readonly onBytes?: (direction: 'toUpstream' | 'toClient', bytes: number) => void;
   /** Called once the stream is open upstream, with a way to end it (a drain). */
   readonly onOpen?: (terminate: (code: number, message: string) => void) => void;
+  /**
+   * Checks each message the client sends before any byte of it goes upstream; throwing a
+   * MeshgateError ends the stream with its status and cancels it upstream.
+   */
+  readonly checkMessage?: (payload: Buffer) => void;
 }
+
+/** The largest client message meshgate holds back to check; istio-agent's stay far below. */
+const MAX_CHECKED_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 export interface GrpcForwardResult {
   /** The grpc-status the client was sent, if it was sent one. */
@@ -77,7 +86,19 @@ export async function forwardGrpc(exchange: H2Exchange, request: GrpcForwardRequ
     // with it would otherwise flow past before the pipe was there, and be lost.
     const count = request.onBytes;
     if (exchange.hasBody) {
-      stream.pipe(up);
+      const check = request.checkMessage;
+      if (check) {
+        const reader = createMessageReader({ maxMessageBytes: MAX_CHECKED_MESSAGE_BYTES, check });
+        reader.on('error', (err) => {
+          stream.unpipe(reader);
+          abort.abort();
+          const error = toMeshgateError(err);
+          endWith(error.grpcStatus, `${error.code}: ${error.message}`, error);
+        });
+        stream.pipe(reader).pipe(up);
+      } else {
+        stream.pipe(up);
+      }
       if (count) stream.on('data', (chunk: Buffer) => count('toUpstream', chunk.length));
     }
 

@@ -1,3 +1,5 @@
+import { MeshgateError } from '../../errors.js';
+
 /**
  * Which of istiod's debug endpoints the debug plane forwards. Read-only ones that tools need are
  * allowed by default; a tenant may choose its own list. Endpoints that change state or cost a lot
@@ -47,6 +49,23 @@ export function debugEndpoint(path: string): string | undefined {
   if (!path.startsWith('/debug/')) return undefined;
   const name = path.slice('/debug/'.length);
   return name === '' ? undefined : name;
+}
+
+/**
+ * Throws unless the endpoint may be forwarded: in the allowlist, not forbidden, and without a
+ * parameter that makes it a write. The same check for `/debug/…` on the debug plane and for the
+ * `istio.io/debug` type URLs of an xDS request.
+ */
+export function checkDebugEndpoint(endpoint: string | undefined, query: string | undefined, allowed: ReadonlySet<string>, shown?: string): void {
+  if (endpoint === undefined || isForbiddenEndpoint(endpoint) || !allowed.has(endpoint)) {
+    throw new MeshgateError('MG_ERR_AUTHZ_DEBUG_ENDPOINT', { message: `debug endpoint "${endpoint ?? shown ?? ''}" is not allowed` });
+  }
+  const params = new URLSearchParams(query ?? '');
+  for (const mutating of MUTATING_PARAMETERS[endpoint] ?? []) {
+    if (params.has(mutating)) {
+      throw new MeshgateError('MG_ERR_AUTHZ_DEBUG_ENDPOINT', { message: `"${endpoint}?${mutating}" changes istiod's state` });
+    }
+  }
 }
 
 /** Forbidden endpoints, and anything under them (`pprof/heap`). */

@@ -17,7 +17,7 @@ import { forwardHttp } from '../../forward/http.js';
 import { createHttpUpstream, type HttpUpstream } from '../../forward/upstream.js';
 import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
 import type { Plane } from '../plane.js';
-import { DEFAULT_DEBUG_ENDPOINTS, MUTATING_PARAMETERS, debugEndpoint, isForbiddenEndpoint } from './endpoints.js';
+import { DEFAULT_DEBUG_ENDPOINTS, checkDebugEndpoint, debugEndpoint } from './endpoints.js';
 
 export interface DebugState {
   readonly settings: DebugSettings;
@@ -71,16 +71,7 @@ export function createDebugPlane(): Plane<DebugState> {
       if (exchange.method !== 'GET' && exchange.method !== 'HEAD') throw GET_ONLY;
       // A body on a GET is how a second request gets smuggled to istiod behind the first.
       if (exchange.hasBody) throw new MeshgateError('MG_ERR_REQUEST_BODY_UNEXPECTED', { message: 'debug requests take no body' });
-      const endpoint = debugEndpoint(target.path);
-      if (endpoint === undefined || isForbiddenEndpoint(endpoint) || !state.endpoints.has(endpoint)) {
-        throw new MeshgateError('MG_ERR_AUTHZ_DEBUG_ENDPOINT', { message: `debug endpoint "${endpoint ?? target.path}" is not allowed` });
-      }
-      const params = new URLSearchParams(target.query ?? '');
-      for (const mutating of MUTATING_PARAMETERS[endpoint] ?? []) {
-        if (params.has(mutating)) {
-          throw new MeshgateError('MG_ERR_AUTHZ_DEBUG_ENDPOINT', { message: `"${endpoint}?${mutating}" changes istiod's state` });
-        }
-      }
+      checkDebugEndpoint(debugEndpoint(target.path), target.query, state.endpoints, target.path);
 
       const authenticated = await state.authenticate({ socket: exchange.socket, authorization: exchange.headers.authorization });
       context.authenticated = authenticated;

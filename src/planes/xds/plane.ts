@@ -19,6 +19,9 @@ import type { OutgoingHttpHeaders } from 'node:http2';
 import type { Exchange } from '../../listener/exchange.js';
 import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
 import type { Plane, RoutedContext } from '../plane.js';
+import { readDiscoveryRequest } from '../../grpc/discovery-request.js';
+import { DEFAULT_DEBUG_ENDPOINTS } from '../debug/endpoints.js';
+import { checkDebugRequest, createMethodPolicy, type MethodPolicy } from './requests.js';
 
 /** The only methods forwarded. Anything else (reflection, health, …) is UNIMPLEMENTED. */
 export const XDS_METHODS: ReadonlySet<string> = new Set([
@@ -27,10 +30,18 @@ export const XDS_METHODS: ReadonlySet<string> = new Set([
   '/istio.v1.auth.IstioCertificateService/CreateCertificate',
 ]);
 
+const DISCOVERY_KINDS: ReadonlyMap<string, 'sotw' | 'delta'> = new Map([
+  ['/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources', 'sotw'],
+  ['/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources', 'delta'],
+]);
+
 export interface XdsState {
   readonly tenant: string;
   readonly authenticate: Authenticator;
   readonly authorize: Authorizer;
+  readonly mayCall: MethodPolicy;
+  /** The tenant's debug allowlist, for debug type URLs. */
+  readonly debugEndpoints: ReadonlySet<string>;
   readonly pool: GrpcPool;
   readonly ownToken?: { readonly token: string; readonly cluster: string };
   readonly clusters: ReadonlySet<string>;
@@ -74,6 +85,8 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
           tokens: tenant.tokens,
         }),
         authorize: createAuthorizer(tenant.id, tenant.config.access.xds),
+        mayCall: createMethodPolicy(tenant.config.access.xds),
+        debugEndpoints: new Set(tenant.config.debug.endpoints ?? DEFAULT_DEBUG_ENDPOINTS),
         pool: createGrpcPool({
           config: upstream,
           ca: upstream.ca === undefined ? undefined : tenant.files.text(upstream.ca),
@@ -100,6 +113,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       const authenticated = await state.authenticate({ socket: exchange.socket, authorization: exchange.headers.authorization });
       context.authenticated = authenticated;
       state.authorize(authenticated.identity);
+      state.mayCall(authenticated.identity, target.path);
       const credential = upstreamCredential(context, state, authenticated.bearer);
 
       const headers: OutgoingHttpHeaders = {};
@@ -118,6 +132,8 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
         'x-request-id': exchange.id,
       });
 
+      // Every ADS request is read on its way: debug type URLs pass the debug allowlist.
+      const kind = DISCOVERY_KINDS.get(target.path);
       deps.onStream?.(state.tenant, 1);
       const started = performance.now();
       let terminate: ((code: number, message: string) => void) | undefined;
@@ -130,6 +146,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
             terminate = end;
             open.add(end);
           },
+          ...(kind === undefined ? {} : { checkMessage: (payload: Buffer) => checkDebugRequest(readDiscoveryRequest(payload, kind), state.debugEndpoints) }),
         });
         context.grpcStatus = result.grpcStatus;
         if (result.error) context.error = result.error;

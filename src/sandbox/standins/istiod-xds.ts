@@ -33,6 +33,8 @@ export interface XdsStandIn {
   /** `https://127.0.0.1:<port>` */
   readonly url: string;
   readonly calls: RecordedCall[];
+  /** Every ADS request received, in order: what each stream asked for. */
+  readonly requests: { readonly typeUrl: string; readonly resourceNames: readonly string[] }[];
   /** Node ids with an ADS stream open now. */
   connected(): string[];
   close(): Promise<void>;
@@ -61,6 +63,7 @@ interface DiscoveryRequest {
 export async function startXdsStandIn(options: XdsStandInOptions): Promise<XdsStandIn> {
   const protos = xdsProtos();
   const calls: RecordedCall[] = [];
+  const requests: XdsStandIn['requests'] = [];
   const streams = new Map<string, number>();
   const istiod = `istiod-${options.tenant}`;
 
@@ -102,6 +105,7 @@ export async function startXdsStandIn(options: XdsStandInOptions): Promise<XdsSt
         record(delta ? 'DeltaAggregatedResources' : 'StreamAggregatedResources', call.metadata, nodeId);
       }
       const typeUrl = request.type_url ?? '';
+      requests.push({ typeUrl, resourceNames: request.resource_names ?? request.resource_names_subscribe ?? [] });
       if (request.response_nonce && request.response_nonce === sent.get(typeUrl)) return; // an ACK or a NACK
       const nonce = randomUUID();
       sent.set(typeUrl, nonce);
@@ -163,6 +167,7 @@ export async function startXdsStandIn(options: XdsStandInOptions): Promise<XdsSt
     tenant: options.tenant,
     url: `https://${host}:${port}`,
     calls,
+    requests,
     connected: () => [...streams.keys()],
     close: () =>
       new Promise((resolve) => {
