@@ -199,6 +199,23 @@ describe('istio-agent (proxyless) through meshgate', () => {
       }
     });
 
+    it("refuses istioctl's state-changing and costly debug requests over xds, with a token and with --cert-dir", async () => {
+      const spec = topology.tenant('acme');
+      const dir = operatorDir('debug');
+      const operator = topology.meshgate.credentials.get('acme')!.operator;
+      writeFile(join(dir, 'cert-chain.pem'), operator.cert);
+      writeFile(join(dir, 'key.pem'), operator.key, true);
+      writeFile(join(dir, 'root-cert.pem'), topology.meshgate.providerCa.cert);
+      const kubeconfig = cluster(spec.clusters[0]!).adminKubeconfig;
+      for (const credential of [[], ['--cert-dir', dir]]) {
+        for (const resource of ['adsz?push=true', 'force_disconnect', 'pprof/heap']) {
+          const result = await istioctl(['x', 'internal-debug', resource, '--xds-address', topology.xdsAddress('acme'), '-i', spec.namespace, ...credential], kubeconfig);
+          expect(result.code, resource).not.toBe(0);
+          expect(result.stderr).toMatch(/code = PermissionDenied desc = MG_ERR_AUTHZ_DEBUG_ENDPOINT/);
+        }
+      }
+    });
+
     it('refuses an acme operator certificate and an acme token on the globex host', async () => {
       const acme = topology.tenant('acme');
       const dir = operatorDir('cross');
