@@ -54,7 +54,7 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
     let bearer: Authenticated['bearer'];
     if (accepts.has('token')) {
       const token = bearerToken(authorization);
-      if (token !== undefined) bearer = { token, identity: await options.tokens(token, options.audiences) };
+      if (token !== undefined) bearer = { token, identity: await options.tokens(token, options.audiences, socket.remoteAddress) };
     }
 
     let keyed: Identity | undefined;

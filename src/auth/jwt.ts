@@ -25,12 +25,13 @@ export interface TokenVerifierOptions {
   readonly cache: TokenCache<Identity>;
 }
 
-export type TokenVerifier = (token: string, audiences: readonly string[]) => Promise<Identity>;
+/** `source`: the caller's address, so that one source cannot spend a cluster's TokenReview budget. */
+export type TokenVerifier = (token: string, audiences: readonly string[], source?: string) => Promise<Identity>;
 
 export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifier {
   const clockTolerance = Math.ceil(options.clockToleranceMs / 1000);
 
-  return async (token, audiences) => {
+  return async (token, audiences, source) => {
     const key = tokenCacheKey(options.tenant, audiences.join('\n'), token);
     const cached = options.cache.get(key);
     if (cached) return cached;
@@ -46,7 +47,9 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
     for (const candidate of candidates) {
       if ('review' in candidate) {
         try {
-          const reviewed = await candidate.review(token, audiences);
+          // A review costs the cluster a call: what can be refused without one is refused first.
+          refuseBeforeReview(token, audiences, options.clockToleranceMs);
+          const reviewed = await candidate.review(token, audiences, source);
           const identity: Identity = {
             tenant: options.tenant,
             method: 'token',
@@ -145,4 +148,31 @@ export function bearerToken(header: string | string[] | undefined): string | und
   const match = /^Bearer[ ]+([A-Za-z0-9._~+/-]+=*)[ ]*$/i.exec(header);
   if (!match?.[1]) throw new MeshgateError('MG_ERR_AUTHN_TOKEN_MALFORMED', { message: 'Authorization is not a bearer token' });
   return match[1];
+}
+
+/**
+ * What a TokenReview would refuse anyway, checked on the token's own (unverified) claims before one
+ * is spent: a JWT of a service-account key type, not expired, for one of the audiences. A flood of
+ * forged tokens that fail these costs the cluster nothing. Legacy service-account tokens carry no
+ * `exp` or `aud`; those claims are checked only when present.
+ */
+function refuseBeforeReview(token: string, audiences: readonly string[], clockToleranceMs: number): void {
+  let alg: unknown;
+  let payload: JWTPayload;
+  try {
+    alg = decodeProtectedHeader(token).alg;
+    payload = decodeJwt(token);
+  } catch {
+    throw new MeshgateError('MG_ERR_AUTHN_TOKEN_MALFORMED');
+  }
+  if (!TOKEN_ALGORITHMS.includes(alg as (typeof TOKEN_ALGORITHMS)[number])) {
+    throw new MeshgateError('MG_ERR_AUTHN_TOKEN_INVALID', { detail: `algorithm ${JSON.stringify(alg)} is not a service-account key's` });
+  }
+  if (payload.exp !== undefined && payload.exp * 1000 + clockToleranceMs < Date.now()) {
+    throw new MeshgateError('MG_ERR_AUTHN_TOKEN_EXPIRED');
+  }
+  const aud = payload.aud === undefined ? undefined : Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+  if (aud !== undefined && audiences.length > 0 && !aud.some((a) => audiences.includes(a))) {
+    throw new MeshgateError('MG_ERR_AUTHN_TOKEN_AUDIENCE', { detail: `token audiences ${JSON.stringify(aud)}` });
+  }
 }

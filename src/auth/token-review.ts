@@ -25,7 +25,7 @@ export interface ReviewedToken {
   readonly expiresAt?: number;
 }
 
-export type TokenReviewer = (token: string, audiences: readonly string[]) => Promise<ReviewedToken>;
+export type TokenReviewer = (token: string, audiences: readonly string[], source?: string) => Promise<ReviewedToken>;
 
 export interface TokenReviewerOptions {
   readonly tenant: string;
@@ -45,6 +45,7 @@ export function createTokenReviewer(options: TokenReviewerOptions): TokenReviewe
   const rejected = createTokenCache<MeshgateError>({ maxEntries: options.maxEntries, maxTtlMs: settings.negativeTtl, now });
   const inFlight = new Map<string, Promise<ReviewedToken>>();
   const bucket = createTokenBucket(settings.rate, settings.burst, now);
+  const sources = createSourceBuckets(settings, now);
   const api = reviewClient(options.apiServer, options.files, cluster);
 
   const review = async (token: string, audiences: readonly string[]): Promise<ReviewedToken> => {
@@ -81,7 +82,7 @@ export function createTokenReviewer(options: TokenReviewerOptions): TokenReviewe
     };
   };
 
-  return async (token, audiences) => {
+  return async (token, audiences, source) => {
     const key = tokenCacheKey(tenant, `tokenreview\n${cluster}\n${audiences.join('\n')}`, token);
     const hit = accepted.get(key);
     if (hit) return hit;
@@ -89,7 +90,9 @@ export function createTokenReviewer(options: TokenReviewerOptions): TokenReviewe
     if (refusal) throw refusal;
     const pending = inFlight.get(key);
     if (pending) return pending;
-    if (!bucket.take()) {
+    // One source may spend half of the cluster's budget at most, so that a flood from one address
+    // leaves the other half to everyone else; answers already cached above cost nothing.
+    if (!sources.take(source) || !bucket.take()) {
       options.onReview?.('limited');
       throw new MeshgateError('MG_ERR_AUTHN_TOKENREVIEW_LIMITED', { detail: `cluster ${cluster}`, headers: { 'retry-after': '1' } });
     }
@@ -112,6 +115,28 @@ export function createTokenReviewer(options: TokenReviewerOptions): TokenReviewe
     } finally {
       inFlight.delete(key);
     }
+  };
+}
+
+/** Half of a cluster's review rate and burst per source address, for at most 4,096 sources at once. */
+const MAX_SOURCES = 4096;
+
+function createSourceBuckets(settings: TokenReviewConfig, now: () => number): { take(source: string | undefined): boolean } {
+  const buckets = new Map<string, ReturnType<typeof createTokenBucket>>();
+  const rate = settings.rate / 2;
+  const burst = Math.max(1, Math.floor(settings.burst / 2));
+  return {
+    take(source) {
+      if (source === undefined) return true;
+      let bucket = buckets.get(source);
+      if (bucket === undefined) {
+        // The oldest source makes room: a new one starts with a full half, as it would have anyway.
+        if (buckets.size >= MAX_SOURCES) buckets.delete(buckets.keys().next().value as string);
+        bucket = createTokenBucket(rate, burst, now);
+        buckets.set(source, bucket);
+      }
+      return bucket.take();
+    },
   };
 }
 

@@ -25,6 +25,8 @@ export interface CallOptions {
   readonly protocol?: Protocol;
   /** Accept any server certificate (to reach the fallback certificate of an unknown name). */
   readonly insecure?: boolean;
+  /** The loopback address to connect from (127.0.0.2, …): another source, as meshgate sees it. */
+  readonly localAddress?: string;
 }
 
 export interface CallResult {
@@ -77,6 +79,7 @@ function callH1(options: CallOptions): Promise<CallResult> {
         path: options.path,
         headers: { host: authority, ...options.headers },
         agent: false,
+        ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }),
       },
       (res) => {
         const chunks: Buffer[] = [];
