@@ -270,6 +270,10 @@ const kubeSettings = z.strictObject({
 const limits = z.strictObject({
   connections: z.number().int().positive().default(10_000),
   streams: z.number().int().positive().default(20_000),
+  /** Connections that have not authenticated yet: a budget of their own, so they cannot use up `connections`. */
+  unauthenticatedConnections: z.number().int().positive().default(256),
+  /** How long a connection may stay open without authenticating a request. */
+  authenticationTimeout: duration.default(10_000),
 });
 
 const tenant = z.strictObject({
@@ -282,7 +286,7 @@ const tenant = z.strictObject({
   debug: debugSettings.default({ authentication: ['token'], audiences: ['istio-ca'], timeout: 30_000 }),
   xds: xdsSettings.default({ authentication: ['token'], audiences: ['istio-ca'] }),
   kube: kubeSettings.default({ authentication: ['token'], requestTimeout: 60_000 }),
-  limits: limits.default({ connections: 10_000, streams: 20_000 }),
+  limits: limits.default({ connections: 10_000, streams: 20_000, unauthenticatedConnections: 256, authenticationTimeout: 10_000 }),
   access: z
     .strictObject({
       webhook: z.array(accessRule).optional(),

@@ -37,7 +37,13 @@ export function createRequestHandler(deps: RequestHandlerDeps, planeNames: reado
   return (exchange) => {
     // One snapshot for the whole request, even if a reload swaps it meanwhile.
     const snapshot = deps.current();
-    const context: RequestContext = { exchange };
+    const context: RequestContext = {
+      exchange,
+      admit(authenticated) {
+        context.authenticated = authenticated;
+        deps.limits.authenticated(exchange.socket);
+      },
+    };
     // Observe once the exchange is over *and* every stage has recorded its part.
     let pending = 2;
     let release: (() => void) | undefined;
@@ -58,7 +64,11 @@ export function createRequestHandler(deps: RequestHandlerDeps, planeNames: reado
         context.error = error;
         // A connection over its limit, or one that reaches no tenant (no SNI, an unknown one),
         // gets its answer and is closed: kept alive, it would hold a slot of the listener for nothing.
-        if (error.code === 'MG_ERR_LIMIT_CONNECTIONS' || !reachesTenant(exchange, snapshot)) exchange.closeConnectionAfter();
+        // So is a connection that has not authenticated and was just refused: it may try again on a
+        // new connection, within the unauthenticated budget.
+        if (error.code === 'MG_ERR_LIMIT_CONNECTIONS' || !reachesTenant(exchange, snapshot) || !deps.limits.isAuthenticated(exchange.socket)) {
+          exchange.closeConnectionAfter();
+        }
         if (context.render) context.render(exchange, error);
         else renderError(exchange, error);
         exchange.refused();

@@ -200,6 +200,8 @@ export function createH2Exchange(
   headers: IncomingHttpHeaders,
   socket: TLSSocket,
   onRefused: () => void = () => undefined,
+  /** Ends the session with GOAWAY (the listener counts it, and bounds how long it may take). */
+  goAway: () => void = () => stream.session?.close(),
 ): H2Exchange {
   const method = headers[h2.HTTP2_HEADER_METHOD];
   const path = headers[h2.HTTP2_HEADER_PATH];
@@ -250,7 +252,7 @@ export function createH2Exchange(
     },
     closeConnectionAfter() {
       // GOAWAY: streams already open finish, no new ones start on this connection.
-      if (!stream.session?.closed) stream.session?.close();
+      if (stream.session && !stream.session.closed) goAway();
     },
     refused: onRefused,
     onClose(listener) {

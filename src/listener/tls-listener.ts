@@ -23,6 +23,8 @@ import { listen } from './listen.js';
 
 /** How long an idle HTTP/2 session may take to finish after GOAWAY. */
 const IDLE_CLOSE_GRACE_MS = 5_000;
+/** How long a session told to go after a refusal (no tenant, over a limit, not authenticated) may take. */
+const REFUSED_CLOSE_GRACE_MS = 1_000;
 /**
  * Streams that may end badly per session: reset by the client before meshgate answered them, or
  * refused by meshgate. A burst, refilled at a rate per second. Past it the session is a flood, rapid
@@ -106,6 +108,13 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
     maxSessionRejectedStreams: 100,
     maxHeaderListPairs: 256,
   });
+  /** GOAWAY, counted; the session ends after `graceMs` even if a stalled stream is still open (close() alone would wait for it forever). */
+  const goAway = (session: Http2Session, graceMs: number): void => {
+    if (session.closed || session.destroyed) return;
+    metrics.goaways.inc({ direction: 'sent', tenant: '', listener: name });
+    session.close();
+    setTimeout(() => session.destroy(), graceMs).unref();
+  };
   const budgets = new WeakMap<Http2Session, StreamBudget>();
   const socketOf = new WeakMap<Http2Session, TLSSocket>();
   // The TLS socket being handed to the HTTP/2 server ('session' is emitted synchronously): the
@@ -130,11 +139,7 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
     session.on('error', (err) => logger.debug({ listener: name, err }, 'http2 session error'));
     // Idle: ask the client to go (GOAWAY), and end the session shortly after even if a stalled
     // stream is still open; close() alone would wait for that stream forever.
-    session.setTimeout(config.idleTimeout, () => {
-      metrics.goaways.inc({ direction: 'sent', tenant: '', listener: name });
-      session.close();
-      setTimeout(() => session.destroy(), IDLE_CLOSE_GRACE_MS).unref();
-    });
+    session.setTimeout(config.idleTimeout, () => goAway(session, IDLE_CLOSE_GRACE_MS));
   });
   h2.on('stream', (stream: ServerHttp2Stream, headers) => {
     // Errors reach the forwarder or the renderer; a stream error must never become uncaught.
@@ -148,7 +153,9 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
     }
     const budget = budgets.get(session);
     budget?.watch(stream);
-    options.onExchange(createH2Exchange(name, stream, headers, socket, () => budget?.spend()));
+    options.onExchange(
+      createH2Exchange(name, stream, headers, socket, () => budget?.spend(), () => goAway(session, REFUSED_CLOSE_GRACE_MS)),
+    );
   });
 
   const server = createTlsServer({

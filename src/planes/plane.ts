@@ -20,6 +20,12 @@ export interface RequestContext {
   /** What the client claimed in headers upstreams trust; removed, never forwarded. */
   stripped?: StrippedHeaders;
   authenticated?: Authenticated;
+  /**
+   * Records who authenticated: planes call it as soon as the caller is known. The connection then
+   * counts against the tenant's connection limit instead of the unauthenticated budget (and may
+   * be refused there, MG_ERR_LIMIT_CONNECTIONS).
+   */
+  admit(authenticated: Authenticated): void;
   error?: MeshgateError;
   /** Set by the forwarder when the upstream answered. */
   upstreamStatus?: number;

@@ -74,7 +74,7 @@ export function createDebugPlane(): Plane<DebugState> {
       checkDebugEndpoint(debugEndpoint(target.path), target.query, state.endpoints, target.path);
 
       const authenticated = await state.authenticate({ socket: exchange.socket, authorization: exchange.headers.authorization });
-      context.authenticated = authenticated;
+      context.admit(authenticated);
       state.authorize(authenticated.identity);
 
       const credential = authenticated.bearer

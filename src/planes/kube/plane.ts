@@ -136,7 +136,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         refuseUnsupportedUpgrade(exchange);
         const bearer = takeWebSocketBearer(exchange.headers);
         const authenticated = await state.authenticate({ socket: exchange.socket, authorization: bearer ?? exchange.headers.authorization });
-        context.authenticated = authenticated;
+        context.admit(authenticated);
         const actor = actorOf(authenticated, cluster);
         state.sameTenant(actor);
         request = parseKubeRequest(exchange.method, route.path, target.query);

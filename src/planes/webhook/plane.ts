@@ -85,13 +85,14 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
       const remainingMs = (): number => Math.max(1, Math.round(deadlineAt - performance.now()));
 
       state.checkSource?.(exchange.remoteAddress);
-      context.authenticated = await state.authenticate({
+      const authenticated = await state.authenticate({
         socket: exchange.socket,
         authorization: exchange.headers.authorization,
         pathKey: path.pathKey,
       });
-      state.authorize(context.authenticated.identity);
-      const { identity } = context.authenticated;
+      context.admit(authenticated);
+      state.authorize(authenticated.identity);
+      const { identity } = authenticated;
       for (const cluster of path.clusters) {
         if (!tenant.clusters.has(cluster)) {
           throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_CLUSTER', { detail: `injection path names cluster ${cluster}` });

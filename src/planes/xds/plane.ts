@@ -111,7 +111,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       if (!state) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND', { message: 'this tenant has no xds plane' });
 
       const authenticated = await state.authenticate({ socket: exchange.socket, authorization: exchange.headers.authorization });
-      context.authenticated = authenticated;
+      context.admit(authenticated);
       state.authorize(authenticated.identity);
       state.mayCall(authenticated.identity, target.path);
       const credential = upstreamCredential(context, state, authenticated.bearer);
