@@ -154,8 +154,13 @@ describe('istio-agent (proxyless) through meshgate', () => {
   });
 
   describe('istioctl through meshgate', () => {
+    /** istioctl's --cert-dir for an operator of `tenant`: its client certificate, and meshgate's CA as the root. */
     const operatorDir = (tenant: string): string => {
       const dir = mkdtempSync(join(tmpdir(), `istioctl-${tenant}-`));
+      const operator = topology.meshgate.credentials.get(tenant)!.operator;
+      writeFile(join(dir, 'cert-chain.pem'), operator.cert);
+      writeFile(join(dir, 'key.pem'), operator.key, true);
+      writeFile(join(dir, 'root-cert.pem'), topology.meshgate.providerCa.cert);
       return dir;
     };
 
@@ -181,10 +186,6 @@ describe('istio-agent (proxyless) through meshgate', () => {
     it.each(TENANTS.map((t) => [t.id] as const))('%s: proxy-status and internal-debug syncz with --cert-dir list only its own proxies', async (tenant) => {
       const spec = topology.tenant(tenant);
       const dir = operatorDir(tenant);
-      const operator = topology.meshgate.credentials.get(tenant)!.operator;
-      writeFile(join(dir, 'cert-chain.pem'), operator.cert);
-      writeFile(join(dir, 'key.pem'), operator.key, true);
-      writeFile(join(dir, 'root-cert.pem'), topology.meshgate.providerCa.cert);
       const kubeconfig = cluster(spec.clusters[0]!).adminKubeconfig;
       const common = ['--xds-address', topology.xdsAddress(tenant), '--cert-dir', dir, '-i', spec.namespace];
       const status = await istioctl(['proxy-status', ...common], kubeconfig);
@@ -201,11 +202,7 @@ describe('istio-agent (proxyless) through meshgate', () => {
 
     it("refuses istioctl's state-changing and costly debug requests over xds, with a token and with --cert-dir", async () => {
       const spec = topology.tenant('acme');
-      const dir = operatorDir('debug');
-      const operator = topology.meshgate.credentials.get('acme')!.operator;
-      writeFile(join(dir, 'cert-chain.pem'), operator.cert);
-      writeFile(join(dir, 'key.pem'), operator.key, true);
-      writeFile(join(dir, 'root-cert.pem'), topology.meshgate.providerCa.cert);
+      const dir = operatorDir('acme');
       const kubeconfig = cluster(spec.clusters[0]!).adminKubeconfig;
       for (const credential of [[], ['--cert-dir', dir]]) {
         for (const resource of ['adsz?push=true', 'force_disconnect', 'pprof/heap']) {
@@ -218,11 +215,7 @@ describe('istio-agent (proxyless) through meshgate', () => {
 
     it('refuses an acme operator certificate and an acme token on the globex host', async () => {
       const acme = topology.tenant('acme');
-      const dir = operatorDir('cross');
-      const operator = topology.meshgate.credentials.get('acme')!.operator;
-      writeFile(join(dir, 'cert-chain.pem'), operator.cert);
-      writeFile(join(dir, 'key.pem'), operator.key, true);
-      writeFile(join(dir, 'root-cert.pem'), topology.meshgate.providerCa.cert);
+      const dir = operatorDir('acme');
       const kubeconfig = cluster(acme.clusters[0]!).adminKubeconfig;
       const certOnGlobex = await istioctl(['proxy-status', '--xds-address', topology.xdsAddress('globex'), '--cert-dir', dir, '-i', acme.namespace], kubeconfig);
       const tokenOnGlobex = await istioctl(['proxy-status', '--xds-address', topology.xdsAddress('globex'), '-i', acme.namespace], kubeconfig);
@@ -235,39 +228,22 @@ describe('istio-agent (proxyless) through meshgate', () => {
 
   it('refuses an acme agent aimed at globex, one claiming a globex cluster, and one claiming its sibling cluster', async () => {
     const token = await cluster('acme-east').token('echo', 'stray', { audience: 'istio-ca' });
-    const wrongHost = await startAgent({
-      name: 'acme-on-globex',
-      dir: topology.dir,
-      cluster: 'acme-east',
-      namespace: 'echo',
-      serviceAccount: 'stray',
-      token,
-      discoveryAddress: topology.xdsAddress('globex'),
-      rootCaFile: topology.meshgate.providerCaFile,
-      serverName: topology.tenant('globex').host,
-    });
-    const wrongCluster = await startAgent({
-      name: 'acme-claims-globex-main',
-      dir: topology.dir,
-      cluster: 'globex-main',
-      namespace: 'echo',
-      serviceAccount: 'stray',
-      token,
-      discoveryAddress: topology.xdsAddress('acme'),
-      rootCaFile: topology.meshgate.providerCaFile,
-      serverName: topology.tenant('acme').host,
-    });
-    const otherCluster = await startAgent({
-      name: 'acme-east-claims-acme-west',
-      dir: topology.dir,
-      cluster: 'acme-west',
-      namespace: 'echo',
-      serviceAccount: 'stray',
-      token,
-      discoveryAddress: topology.xdsAddress('acme'),
-      rootCaFile: topology.meshgate.providerCaFile,
-      serverName: topology.tenant('acme').host,
-    });
+    // The same acme-east token each time, aimed at another tenant or claiming another cluster.
+    const stray = (name: string, claimedCluster: string, aimedAt: 'acme' | 'globex') =>
+      startAgent({
+        name,
+        dir: topology.dir,
+        cluster: claimedCluster,
+        namespace: 'echo',
+        serviceAccount: 'stray',
+        token,
+        discoveryAddress: topology.xdsAddress(aimedAt),
+        rootCaFile: topology.meshgate.providerCaFile,
+        serverName: topology.tenant(aimedAt).host,
+      });
+    const wrongHost = await stray('acme-on-globex', 'acme-east', 'globex');
+    const wrongCluster = await stray('acme-claims-globex-main', 'globex-main', 'acme');
+    const otherCluster = await stray('acme-east-claims-acme-west', 'acme-west', 'acme');
     // What the agent itself logs: meshgate's refusal, as the CA call's gRPC status.
     await vi.waitFor(
       () => {
