@@ -78,15 +78,17 @@ export function createTenantLimits(events: TenantLimitEvents = {}): TenantLimits
         return;
       }
       const id = tenant.id;
-      let waiting = unauthenticated.get(id);
-      if (!waiting) unauthenticated.set(id, (waiting = new Set()));
-      if (waiting.size >= tenant.config.limits.unauthenticatedConnections) {
-        const oldest = waiting.values().next().value;
+      const before = unauthenticated.get(id);
+      if (before && before.size >= tenant.config.limits.unauthenticatedConnections) {
+        const oldest = before.values().next().value;
         if (oldest) {
           forget(oldest);
           oldest.destroy();
         }
       }
+      // Looked up again: forgetting the oldest may have removed the tenant's set.
+      const waiting = unauthenticated.get(id) ?? new Set<TLSSocket>();
+      unauthenticated.set(id, waiting);
       waiting.add(socket);
       const deadline = setTimeout(() => socket.destroy(), tenant.config.limits.authenticationTimeout);
       deadline.unref();
