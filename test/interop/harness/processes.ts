@@ -108,15 +108,30 @@ export function tail(text: string, lines = 40): string {
   return text.split('\n').slice(-lines).join('\n');
 }
 
-/** A free loopback port: bound to port 0, then released for the program to take. */
-export function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
+/**
+ * A free loopback port for a program to take later. It is drawn below the kernel's ephemeral range
+ * (32768 and up by default): a port from port 0 would be free now, but outgoing connections take
+ * ephemeral ports all the time, and istiod binds its ports only after its caches have synced, so
+ * one was taken first once ("bind: address already in use"). Ports handed out here are not reused.
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (handedOut.has(port)) continue;
+    if (await canBind(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free loopback port between 20000 and 32000');
+}
+
+const handedOut = new Set<number>();
+
+function canBind(port: number): Promise<boolean> {
+  return new Promise((done) => {
     const server = createServer();
-    server.once('error', fail);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => done(port));
-    });
+    server.once('error', () => done(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => done(true)));
   });
 }
