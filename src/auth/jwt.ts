@@ -36,7 +36,8 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
     const cached = options.cache.get(key);
     if (cached) return cached;
 
-    const issuer = unverifiedIssuer(token);
+    const unverified = readUnverified(token);
+    const { issuer } = unverified;
     // Offline checks first: a cluster's API server is asked only when no keys answered.
     const candidates = options.issuers.filter((i) => i.issuer === issuer).sort((a, b) => Number('review' in a) - Number('review' in b));
     if (candidates.length === 0) {
@@ -48,7 +49,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       if ('review' in candidate) {
         try {
           // A review costs the cluster a call: what can be refused without one is refused first.
-          refuseBeforeReview(token, audiences, options.clockToleranceMs);
+          refuseBeforeReview(unverified, audiences, options.clockToleranceMs);
           const reviewed = await candidate.review(token, audiences, source);
           const identity: Identity = {
             tenant: options.tenant,
@@ -109,15 +110,24 @@ function serviceAccountGroups(subject: string): string[] {
   return match?.[1] === undefined ? [] : ['system:serviceaccounts', `system:serviceaccounts:${match[1]}`];
 }
 
-function unverifiedIssuer(token: string): string {
+/** A token's header algorithm and claims, decoded once and not yet verified: they pick the candidate clusters and spare reviews. */
+interface UnverifiedToken {
+  readonly alg: unknown;
+  readonly claims: JWTPayload;
+  readonly issuer: string;
+}
+
+function readUnverified(token: string): UnverifiedToken {
+  let alg: unknown;
+  let claims: JWTPayload;
   try {
-    decodeProtectedHeader(token);
-    const { iss } = decodeJwt(token);
-    if (typeof iss === 'string') return iss;
+    alg = decodeProtectedHeader(token).alg;
+    claims = decodeJwt(token);
   } catch (err) {
     throw new MeshgateError('MG_ERR_AUTHN_TOKEN_MALFORMED', { cause: err });
   }
-  throw new MeshgateError('MG_ERR_AUTHN_TOKEN_ISSUER', { message: 'bearer token has no issuer' });
+  if (typeof claims.iss !== 'string') throw new MeshgateError('MG_ERR_AUTHN_TOKEN_ISSUER', { message: 'bearer token has no issuer' });
+  return { alg, claims, issuer: claims.iss };
 }
 
 function mapJoseError(err: unknown): MeshgateError {
@@ -156,15 +166,7 @@ export function bearerToken(header: string | string[] | undefined): string | und
  * forged tokens that fail these costs the cluster nothing. Legacy service-account tokens carry no
  * `exp` or `aud`; those claims are checked only when present.
  */
-function refuseBeforeReview(token: string, audiences: readonly string[], clockToleranceMs: number): void {
-  let alg: unknown;
-  let payload: JWTPayload;
-  try {
-    alg = decodeProtectedHeader(token).alg;
-    payload = decodeJwt(token);
-  } catch {
-    throw new MeshgateError('MG_ERR_AUTHN_TOKEN_MALFORMED');
-  }
+function refuseBeforeReview({ alg, claims: payload }: UnverifiedToken, audiences: readonly string[], clockToleranceMs: number): void {
   if (!TOKEN_ALGORITHMS.includes(alg as (typeof TOKEN_ALGORITHMS)[number])) {
     throw new MeshgateError('MG_ERR_AUTHN_TOKEN_INVALID', { detail: `algorithm ${JSON.stringify(alg)} is not a service-account key's` });
   }
