@@ -23,16 +23,14 @@ import { readDiscoveryRequest } from '../../grpc/discovery-request.js';
 import { DEFAULT_DEBUG_ENDPOINTS } from '../debug/endpoints.js';
 import { checkDebugRequest, createMethodPolicy, type MethodPolicy } from './requests.js';
 
-/** The only methods forwarded. Anything else (reflection, health, …) is UNIMPLEMENTED. */
-export const XDS_METHODS: ReadonlySet<string> = new Set([
-  '/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources',
-  '/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources',
-  '/istio.v1.auth.IstioCertificateService/CreateCertificate',
-]);
-
-const DISCOVERY_KINDS: ReadonlyMap<string, 'sotw' | 'delta'> = new Map([
+/**
+ * The only methods forwarded, each with the kind of DiscoveryRequest its client sends (read on its
+ * way), or none for the CA. Anything else (reflection, health, …) is UNIMPLEMENTED.
+ */
+export const XDS_METHODS: ReadonlyMap<string, 'sotw' | 'delta' | undefined> = new Map([
   ['/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources', 'sotw'],
   ['/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources', 'delta'],
+  ['/istio.v1.auth.IstioCertificateService/CreateCertificate', undefined],
 ]);
 
 export interface XdsState {
@@ -133,7 +131,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       });
 
       // Every ADS request is read on its way: debug type URLs pass the debug allowlist.
-      const kind = DISCOVERY_KINDS.get(target.path);
+      const kind = XDS_METHODS.get(target.path);
       deps.onStream?.(state.tenant, 1);
       const started = performance.now();
       let terminate: ((code: number, message: string) => void) | undefined;
