@@ -10,13 +10,13 @@ import { X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { writeFile } from '../../src/sandbox/pki.js';
 import { istioctl, startAgent, startEcho, type Agent } from './harness/istio.js';
-import { binary, stopAll } from './harness/processes.js';
+import { binary, hasBinary, stopAll } from './harness/processes.js';
 import { startTopology, TENANTS, type Topology } from './harness/topology.js';
 
 let topology: Topology;
 beforeAll(async () => {
   for (const program of ['etcd', 'kube-apiserver', 'kubectl', 'pilot-discovery', 'pilot-agent', 'istioctl', 'echo-server']) {
-    if (!existsSync(binary(program))) throw new Error(`${binary(program)} is missing: run interop/build.sh (npm run test:interop does)`);
+    if (!hasBinary(program)) throw new Error(`${binary(program)} is missing: run interop/build.sh (npm run test:interop does)`);
   }
   topology = await startTopology();
 });

@@ -158,7 +158,6 @@ export interface AgentOptions {
 
 export interface Agent {
   readonly program: Program;
-  readonly echo?: Program;
   readonly certDir: string;
   readonly statusPort: number;
   readonly bootstrap: string;

@@ -20,7 +20,6 @@ import { createCertificateAuthority, type CertificateAuthority } from '../../../
 import { istiodPorts, istiodServerName, remoteSecret, renderIstioManifests, startIstiod, type Istiod, type IstioManifests } from './istio.js';
 import { startEtcd, startKubeCluster, type Etcd, type KubeCluster } from './kube.js';
 import { createMeshgatePki, meshgatePorts, startMeshgate, type Meshgate } from './meshgate.js';
-import { stopAll } from './processes.js';
 
 export interface TenantSpec {
   readonly id: string;
@@ -50,7 +49,6 @@ export interface Topology {
   tenant(id: string): TenantSpec;
   /** meshgate's xds address for a tenant, as a sidecar or istioctl is given it. */
   xdsAddress(tenant: string): string;
-  close(): Promise<void>;
 }
 
 export function ensureHostsResolve(hosts: readonly string[]): void {
@@ -202,7 +200,6 @@ export async function startTopology(): Promise<Topology> {
     meshCas,
     tenant: (id) => TENANTS.find((t) => t.id === id)!,
     xdsAddress: (tenant) => `${TENANTS.find((t) => t.id === tenant)!.host}:${ports.xds}`,
-    close: stopAll,
   };
 }
 
