@@ -115,6 +115,23 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
     session.close();
     setTimeout(() => session.destroy(), graceMs).unref();
   };
+  /**
+   * GOAWAY after a refusal, counted, with the socket left to the peer to close (or cut after
+   * `graceMs`). close() would shut the socket at once when no stream is open, while the peer may
+   * still be sending the request meshgate has just refused: a socket closed on unread data is
+   * reset, and the reset can destroy the refusal before the peer reads it (the real istioctl then
+   * printed "EOF" instead of the error).
+   */
+  const goAwayAfterRefusal = (session: Http2Session, graceMs: number): void => {
+    if (session.closed || session.destroyed || toldToGo.has(session)) return;
+    toldToGo.add(session);
+    metrics.goaways.inc({ direction: 'sent', tenant: '', listener: name });
+    session.goaway(h2c.NGHTTP2_NO_ERROR, lastStreamId.get(session) ?? 0);
+    setTimeout(() => session.destroy(), graceMs).unref();
+  };
+  /** The highest stream id each session has seen: a GOAWAY tells the peer every one of them was processed. */
+  const lastStreamId = new WeakMap<Http2Session, number>();
+  const toldToGo = new WeakSet<Http2Session>();
   const budgets = new WeakMap<Http2Session, StreamBudget>();
   const socketOf = new WeakMap<Http2Session, TLSSocket>();
   // The TLS socket being handed to the HTTP/2 server ('session' is emitted synchronously): the
@@ -151,10 +168,11 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
       stream.close(h2c.NGHTTP2_REFUSED_STREAM);
       return;
     }
+    lastStreamId.set(session, Math.max(lastStreamId.get(session) ?? 0, stream.id ?? 0));
     const budget = budgets.get(session);
     budget?.watch(stream);
     options.onExchange(
-      createH2Exchange(name, stream, headers, socket, () => budget?.spend(), () => goAway(session, REFUSED_CLOSE_GRACE_MS)),
+      createH2Exchange(name, stream, headers, socket, () => budget?.spend(), () => goAwayAfterRefusal(session, REFUSED_CLOSE_GRACE_MS)),
     );
   });
 
