@@ -87,6 +87,10 @@ export const ERROR_CODES = {
   MG_ERR_LIMIT_STREAMS: spec(429, GRPC.RESOURCE_EXHAUSTED, 'the tenant has too many requests or streams open'),
   MG_ERR_SHUTTING_DOWN: spec(503, GRPC.UNAVAILABLE, 'meshgate is shutting down; reconnect'),
 
+  // Reloads: what a change of config does to work that was running.
+  MG_ERR_TENANT_REMOVED: spec(503, GRPC.UNAVAILABLE, 'this tenant, or this part of it, is no longer served here'),
+  MG_ERR_UPSTREAM_REPLACED: spec(503, GRPC.UNAVAILABLE, "the tenant's upstream settings changed and this stream outlived the drain; reconnect"),
+
   MG_ERR_INTERNAL: spec(500, GRPC.INTERNAL, 'internal error'),
 } as const satisfies Record<string, CodeSpec>;
 

@@ -16,6 +16,7 @@ import { createWebhookPlane } from '../planes/webhook/plane.js';
 import { createXdsPlane } from '../planes/xds/plane.js';
 import { createTenantLimits } from '../policy/limits.js';
 import { defaultCertificate } from '../pki/default-certificate.js';
+import { createResourceRegistry, type ResourceRegistry } from '../tenancy/registry.js';
 import { buildSnapshot, type Snapshot } from '../tenancy/snapshot.js';
 import { createRequestHandler } from './handle-request.js';
 
@@ -38,14 +39,14 @@ export interface Gateway {
   /**
    * Loads a config and swaps in a snapshot built from it. On any failure (the file, the schema,
    * the files it names, the build) the current snapshot stays, the failure is counted, and the
-   * error is thrown. Listener and admin settings are not changed by a reload.
+   * error is thrown. Listener and admin settings are not changed by a reload. Each tenant's
+   * long-lived resources whose inputs did not change are kept as they are (see the registry).
    */
   reload(load: () => LoadedConfig): void;
+  /** The registry of long-lived tenant resources (for tests and the status of a drain). */
+  readonly resources: ResourceRegistry;
   close(graceMs?: number): Promise<void>;
 }
-
-/** Snapshots replaced by a reload keep their connection pools this long, for requests in flight. */
-const RETIRE_AFTER_MS = 120_000;
 
 export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {}): Gateway {
   const logger = options.logger ?? createLogger(loaded.config.logging.level);
@@ -92,21 +93,51 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     streams: (tenant, count) => metrics.tenantStreams.set({ tenant }, count),
   });
 
+  let drainMs = loaded.config.reload.drainTimeout;
+  const resources = createResourceRegistry({
+    drainMs: () => drainMs,
+    onClose: (key, reason) => {
+      metrics.tenantResourcesClosed.inc({ reason });
+      if (reason !== 'replaced') logger.info({ resource: key, reason }, 'tenant resource closed');
+      countResources();
+    },
+  });
+  const countResources = (): void => {
+    const { current, draining } = resources.stats();
+    metrics.tenantResources.set({ state: 'current' }, current);
+    metrics.tenantResources.set({ state: 'draining' }, draining);
+  };
+
   let version = 0;
-  const build = (next: LoadedConfig): Snapshot =>
-    buildSnapshot(next, {
-      version: ++version,
-      planes,
-      onTokenCacheLookup: (hit) => metrics.tokenCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
-      onTokenReview: (tenant, cluster, result) => metrics.tokenReviews.inc({ tenant, cluster, result }),
-      onJwksLoad: (tenant, cluster, result, error) => {
-        metrics.jwksLoads.inc({ tenant, cluster, result });
-        if (error !== undefined) logger.warn({ tenant, cluster, err: error }, 'JWKS load failed');
-      },
-    });
+  /** Builds a snapshot in a new registry generation, and commits it: the caller swaps it in at once. */
+  const build = (next: LoadedConfig): Snapshot => {
+    const generation = resources.begin();
+    let built: Snapshot;
+    try {
+      built = buildSnapshot(next, {
+        version: version + 1,
+        planes,
+        generation,
+        onTokenCacheLookup: (hit) => metrics.tokenCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
+        onTokenReview: (tenant, cluster, result) => metrics.tokenReviews.inc({ tenant, cluster, result }),
+        onJwksLoad: (tenant, cluster, result, error) => {
+          metrics.jwksLoads.inc({ tenant, cluster, result });
+          if (error !== undefined) logger.warn({ tenant, cluster, err: error }, 'JWKS load failed');
+        },
+      });
+    } catch (err) {
+      generation.abort();
+      throw err;
+    }
+    version = built.version;
+    drainMs = next.config.reload.drainTimeout;
+    generation.commit();
+    countResources();
+    return built;
+  };
   let snapshot = build(loaded);
   metrics.configVersion.set(snapshot.version);
-  const retired = new Set<Snapshot>();
+  metrics.configLoadedAt.set(snapshot.loadedAt.getTime() / 1000);
   let listening = false;
 
   const handlerDeps = { current: () => snapshot, planes, metrics, logger: accessLogger(logger), limits };
@@ -142,6 +173,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
   return {
     metrics,
     logger,
+    resources,
     current: () => snapshot,
     async listen() {
       const adminAddress = await admin.listen();
@@ -160,17 +192,23 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
         metrics.configReloads.inc({ result: 'failure' });
         throw err;
       }
-      const old = snapshot;
+      const before = new Set(snapshot.tenants.map((t) => t.id));
       snapshot = fresh;
       metrics.configReloads.inc({ result: 'success' });
       metrics.configVersion.set(fresh.version);
-      retired.add(old);
-      setTimeout(() => {
-        retired.delete(old);
-        old.dispose();
-      }, RETIRE_AFTER_MS).unref();
+      metrics.configLoadedAt.set(fresh.loadedAt.getTime() / 1000);
       if (listening) warmKeys(fresh);
-      logger.info({ snapshot: fresh.version, tenants: fresh.tenants.map((t) => t.id) }, 'config reloaded');
+      const after = fresh.tenants.map((t) => t.id);
+      logger.info(
+        {
+          snapshot: fresh.version,
+          tenants: after,
+          added: after.filter((id) => !before.has(id)),
+          removed: [...before].filter((id) => !after.includes(id)),
+          resources: resources.stats(),
+        },
+        'config reloaded',
+      );
     },
     async close(graceMs = 5_000) {
       listening = false;
@@ -178,9 +216,8 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       // that sidecars reconnect to another replica, then connections are cut.
       await Promise.all(listeners.map((l) => l.close(graceMs, () => xds.terminateAll())));
       await admin.close();
-      snapshot.dispose();
-      for (const old of retired) old.dispose();
-      retired.clear();
+      resources.close();
+      countResources();
     },
   };
 }

@@ -53,6 +53,29 @@ export function createMetrics() {
       help: 'Version of the config snapshot in use; it rises with each successful reload.',
       registers,
     }),
+    configLoadedAt: new Gauge({
+      name: 'meshgate_config_loaded_timestamp_seconds',
+      help: 'When the config snapshot in use was loaded (Unix time).',
+      registers,
+    }),
+    tenantSourceErrors: new Counter({
+      name: 'meshgate_tenant_source_errors_total',
+      help: 'Tenant definitions refused by a source (a bad file, an invalid MeshTenant), by source.',
+      labelNames: ['source'] as const,
+      registers,
+    }),
+    tenantResources: new Gauge({
+      name: 'meshgate_tenant_resources',
+      help: 'Long-lived tenant resources (pools, key sets, caches) by state: current, or draining after a reload replaced them.',
+      labelNames: ['state'] as const,
+      registers,
+    }),
+    tenantResourcesClosed: new Counter({
+      name: 'meshgate_tenant_resources_closed_total',
+      help: 'Tenant resources closed, by reason: replaced (its last work ended), drained (the drain bound passed), removed, shutdown.',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     jwksLoads: new Counter({
       name: 'meshgate_jwks_loads_total',
       help: 'JWKS loads by tenant, cluster and result.',

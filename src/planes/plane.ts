@@ -1,7 +1,8 @@
 /**
  * What a plane is: a small pipeline of its own (checks, authentication, authorization, forwarding)
  * behind a path prefix. Each plane builds, per config snapshot and per tenant, everything its
- * requests need; a request only reads it.
+ * requests need; a request only reads it. What outlives the snapshot (its upstream pools) it takes
+ * from the tenant's registry resources, and holds for as long as a request runs on it.
  */
 import type { Authenticated } from '../auth/authenticate.js';
 import type { PlaneName } from '../config/schema.js';
@@ -44,12 +45,13 @@ export interface Plane<TenantState = unknown> {
   readonly name: PlaneName;
   /** Whether the request belongs to this plane (on a listener that serves it). */
   owns(path: string, exchange: Exchange): boolean;
-  /** Builds this plane's state for one tenant of a new snapshot; undefined when the tenant has none. */
+  /**
+   * Builds this plane's state for one tenant of a new snapshot; undefined when the tenant has none.
+   * Pools come from `tenant.resources`, never made here: a snapshot owns nothing to close.
+   */
   build(tenant: TenantCore): TenantState | undefined;
   /** Handles one request: responds, or throws a MeshgateError for the renderer. */
   handle(context: RoutedContext, state: TenantState | undefined): Promise<void>;
-  /** Releases what `build` opened (connection pools), once the snapshot is retired. */
-  dispose?(state: TenantState): void;
   /** Whether it takes HTTP/1.1 `Upgrade` requests; other planes refuse them. */
   readonly upgrades?: boolean;
   /** Renders its errors its own way (a Kubernetes Status); the default is JSON or a gRPC status. */

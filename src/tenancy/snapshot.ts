@@ -1,43 +1,50 @@
 /**
- * One immutable view of every tenant, built from one validated config. A request reads the current
- * snapshot once and uses it to the end; a reload builds a new one and swaps it in whole.
+ * One immutable view of every tenant, built from one validated config: routing data (hosts,
+ * planes, authenticators, rules) and leases on the registry's resources. A request reads the
+ * current snapshot once and uses it to the end; a reload builds a new one and swaps it in whole.
+ * A snapshot owns no socket, so there is nothing to dispose of when it is replaced.
  */
-import type { Identity } from '../auth/identity.js';
-import { createTokenCache } from '../auth/token-cache.js';
+import type { ConfigFiles } from '../config/files.js';
 import type { LoadedConfig } from '../config/load.js';
 import type { Config, PlaneName } from '../config/schema.js';
 import type { Plane } from '../planes/plane.js';
+import type { Generation } from './registry.js';
 import { buildTenantCore, type TenantCore, type TenantEnvironment } from './tenant.js';
 
 export interface Snapshot {
   readonly version: number;
+  readonly loadedAt: Date;
   readonly config: Readonly<Config>;
+  /** The files the config named, as read when it was loaded. */
+  readonly files: ConfigFiles;
   readonly tenants: readonly TenantCore[];
   /** The tenant serving an SNI or host name: an exact host first, then a one-label wildcard. */
   tenantForHost(host: string): TenantCore | undefined;
   /** A plane's state for a tenant, as the plane built it. */
   planeState(tenant: TenantCore, plane: PlaneName): unknown;
-  /** Releases the planes' resources. Requests still using the snapshot may fail. */
-  dispose(): void;
 }
 
 export interface SnapshotOptions {
   readonly version: number;
   readonly planes: readonly Plane[];
-  readonly onTokenCacheLookup?: (hit: boolean) => void;
+  /** The registry generation the snapshot's resources come from; the caller commits or aborts it. */
+  readonly generation: Generation;
+  readonly onTokenCacheLookup?: TenantEnvironment['onTokenCacheLookup'];
   readonly onJwksLoad?: TenantEnvironment['onJwksLoad'];
   readonly onTokenReview?: TenantEnvironment['onTokenReview'];
 }
 
 export function buildSnapshot(loaded: LoadedConfig, options: SnapshotOptions): Snapshot {
   const { config, files } = loaded;
-  const tokenCache = createTokenCache<Identity>({
-    maxEntries: config.auth.tokenCache.maxEntries,
-    maxTtlMs: config.auth.tokenCache.maxTtl,
-    onLookup: options.onTokenCacheLookup,
-  });
   const tenants = config.tenants.map((t) =>
-    buildTenantCore(t, { files, config, tokenCache, onJwksLoad: options.onJwksLoad, onTokenReview: options.onTokenReview }),
+    buildTenantCore(t, {
+      files,
+      config,
+      generation: options.generation,
+      onTokenCacheLookup: options.onTokenCacheLookup,
+      onJwksLoad: options.onJwksLoad,
+      onTokenReview: options.onTokenReview,
+    }),
   );
 
   const exact = new Map<string, TenantCore>();
@@ -61,7 +68,9 @@ export function buildSnapshot(loaded: LoadedConfig, options: SnapshotOptions): S
 
   return {
     version: options.version,
+    loadedAt: new Date(),
     config,
+    files,
     tenants,
     tenantForHost(host) {
       const name = host.toLowerCase().replace(/\.$/, '');
@@ -72,14 +81,6 @@ export function buildSnapshot(loaded: LoadedConfig, options: SnapshotOptions): S
     },
     planeState(tenant, plane) {
       return states.get(tenant)?.get(plane);
-    },
-    dispose() {
-      for (const byPlane of states.values()) {
-        for (const plane of options.planes) {
-          const state = byPlane.get(plane.name);
-          if (state !== undefined) plane.dispose?.(state);
-        }
-      }
     },
   };
 }

@@ -14,7 +14,9 @@ import type { DebugSettings } from '../../config/schema.js';
 import { MeshgateError } from '../../errors.js';
 import { outboundHeaders } from '../../http/outbound.js';
 import { forwardHttp } from '../../forward/http.js';
-import { createHttpUpstream, type HttpUpstream } from '../../forward/upstream.js';
+import type { HttpUpstream } from '../../forward/upstream.js';
+import type { Lease } from '../../tenancy/registry.js';
+import { leaseHttpUpstream } from '../../tenancy/upstreams.js';
 import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
 import type { Plane } from '../plane.js';
 import { DEFAULT_DEBUG_ENDPOINTS, checkDebugEndpoint, debugEndpoint } from './endpoints.js';
@@ -24,7 +26,7 @@ export interface DebugState {
   readonly endpoints: ReadonlySet<string>;
   readonly authenticate: Authenticator;
   readonly authorize: Authorizer;
-  readonly upstream: HttpUpstream;
+  readonly upstream: Lease<HttpUpstream>;
   /** meshgate's own token for this tenant's istiod, for certificate callers. */
   readonly ownToken?: { readonly token: string; readonly cluster: string };
 }
@@ -55,13 +57,9 @@ export function createDebugPlane(): Plane<DebugState> {
           tokens: tenant.tokens,
         }),
         authorize: createAuthorizer(tenant.id, tenant.config.access.debug),
-        upstream: createHttpUpstream(upstreamConfig, tenant.files, { allowLoopback: tenant.allowLoopbackUpstreams }),
+        upstream: leaseHttpUpstream(tenant, 'debug/upstream', upstreamConfig),
         ...(own ? { ownToken: { token: tenant.files.text(own.file).trim(), cluster: own.cluster } } : {}),
       };
-    },
-
-    dispose(state) {
-      state.upstream.close();
     },
 
     async handle(context, state) {
@@ -82,14 +80,19 @@ export function createDebugPlane(): Plane<DebugState> {
         : state.ownToken;
       if (!credential) throw new MeshgateError('MG_ERR_AUTHN_REQUIRED', { message: 'debug endpoints need a bearer token' });
 
-      const result = await forwardHttp(exchange, {
-        upstream: state.upstream,
-        path: target.query === undefined ? target.path : `${target.path}?${target.query}`,
-        headers: outboundHeaders(exchange, { authorization: `Bearer ${credential.token}`, clusterid: credential.cluster }),
-        timeoutMs: state.settings.timeout,
-      });
-      context.upstreamStatus = result.status;
-      if (result.error) context.error = result.error;
+      const release = state.upstream.hold();
+      try {
+        const result = await forwardHttp(exchange, {
+          upstream: state.upstream.value,
+          path: target.query === undefined ? target.path : `${target.path}?${target.query}`,
+          headers: outboundHeaders(exchange, { authorization: `Bearer ${credential.token}`, clusterid: credential.cluster }),
+          timeoutMs: state.settings.timeout,
+        });
+        context.upstreamStatus = result.status;
+        if (result.error) context.error = result.error;
+      } finally {
+        release();
+      }
     },
   };
 }

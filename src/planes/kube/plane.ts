@@ -16,6 +16,7 @@ import { MeshgateError } from '../../errors.js';
 import { forwardHttp } from '../../forward/http.js';
 import { openTunnel } from '../../forward/tunnel.js';
 import { createHttpUpstream, type HttpUpstream } from '../../forward/upstream.js';
+import type { Lease } from '../../tenancy/registry.js';
 import { outboundHeaders } from '../../http/outbound.js';
 import type { Exchange } from '../../listener/exchange.js';
 import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
@@ -27,9 +28,19 @@ import { takeWebSocketBearer } from './websocket-bearer.js';
 
 type Credential = { readonly kind: 'passthrough' } | { readonly kind: 'token'; readonly token: string } | { readonly kind: 'certificate' };
 
+/**
+ * A cluster's pool, as a registry resource: with it, the long-running requests (watches, tunnels)
+ * running on it, which end when it is closed (its cluster or tenant was removed, or the drain bound
+ * of a replaced one passed). Tunnels have connections of their own, outside the pool.
+ */
+interface ClusterPool {
+  readonly upstream: HttpUpstream;
+  readonly longRunning: Set<Exchange>;
+}
+
 interface KubeCluster {
   readonly id: string;
-  readonly upstream: HttpUpstream;
+  readonly pool: Lease<ClusterPool>;
   /** The API server URL's own path (a proxy in front of it), without a trailing "/". */
   readonly basePath: string;
   readonly credential: Credential;
@@ -84,15 +95,34 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
           typeof credentials === 'object' && 'cert' in credentials
             ? { cert: tenant.files.text(credentials.cert), key: tenant.files.text(credentials.key) }
             : undefined;
-        clusters.set(cluster.id, {
-          id: cluster.id,
-          // One pool per cluster: a connection made for one cluster never carries another's request.
-          upstream: createHttpUpstream(server, tenant.files, {
+        const inputs = {
+          url: server.url,
+          serverName: server.serverName,
+          ca: server.ca === undefined ? undefined : tenant.files.text(server.ca),
+          certificate,
+          allowLoopback: tenant.allowLoopbackUpstreams,
+        };
+        // One pool per cluster: a connection made for one cluster never carries another's request.
+        const pool = tenant.resources.use(`kube/${cluster.id}`, inputs, () => {
+          const upstream = createHttpUpstream(server, tenant.files, {
             allowLoopback: tenant.allowLoopbackUpstreams,
             clientCertificate: certificate,
             // Watches hold a connection each; the tenant's stream limit bounds them.
             maxSockets: Number.POSITIVE_INFINITY,
-          }),
+          });
+          const longRunning = new Set<Exchange>();
+          return {
+            value: { upstream, longRunning },
+            close() {
+              for (const exchange of longRunning) exchange.abort();
+              longRunning.clear();
+              upstream.close();
+            },
+          };
+        });
+        clusters.set(cluster.id, {
+          id: cluster.id,
+          pool,
           basePath: new URL(server.url).pathname.replace(/\/+$/, ''),
           credential:
             credentials === 'passthrough'
@@ -119,10 +149,6 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
       };
     },
 
-    dispose(state) {
-      for (const cluster of state.clusters.values()) cluster.upstream.close();
-    },
-
     async handle(context, state) {
       const { exchange, target } = context;
       const route = clusterRoute(target.path);
@@ -132,6 +158,8 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
       const tenant = context.tenant.id;
       let request: KubeRequest | undefined;
       let code = '';
+      const release = cluster.pool.hold();
+      const { upstream, longRunning: running } = cluster.pool.value;
       try {
         refuseUnsupportedUpgrade(exchange);
         const bearer = takeWebSocketBearer(exchange.headers);
@@ -157,12 +185,16 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         const longRunning = exchange.protocol === 'upgrade' || isLongRunning(request, target.query);
         const cutAtExpiry = longRunning ? endAtExpiry(exchange, credentialExpiry(authenticated, cluster), context) : undefined;
         exchange.onClose(() => clearTimeout(cutAtExpiry));
-        if (longRunning) hooks.onLongRunning?.({ requestId: exchange.id, tenant, cluster: cluster.id, identity: actor, request });
+        if (longRunning) {
+          hooks.onLongRunning?.({ requestId: exchange.id, tenant, cluster: cluster.id, identity: actor, request });
+          running.add(exchange);
+          exchange.onClose(() => running.delete(exchange));
+        }
 
         if (exchange.protocol === 'upgrade') {
           const protocol = exchange.upgrade.toLowerCase() === 'websocket' ? 'websocket' : 'spdy';
           const result = await openTunnel(exchange, {
-            upstream: cluster.upstream,
+            upstream,
             path,
             headers,
             handshakeTimeoutMs: state.settings.requestTimeout,
@@ -180,7 +212,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         if (watching) hooks.onWatch?.(tenant, cluster.id, 1);
         try {
           const result = await forwardHttp(exchange, {
-            upstream: cluster.upstream,
+            upstream,
             path,
             headers,
             body: exchange.hasBody ? 'stream' : undefined,
@@ -198,6 +230,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         code = err instanceof MeshgateError ? String(err.status) : '500';
         throw err;
       } finally {
+        release();
         const verb = request?.verb ?? '';
         hooks.onRequest?.(tenant, cluster.id, VERBS.has(verb) ? verb : request?.resourceRequest === false ? 'nonresource' : 'other', code || '0');
       }

@@ -14,7 +14,10 @@ import { createBodyBudget, declaredLength, readBody, type BodyBudget } from '../
 import { queryParam } from '../../http/canonical-path.js';
 import { outboundHeaders } from '../../http/outbound.js';
 import { forwardHttp } from '../../forward/http.js';
-import { createHttpUpstream, type HttpUpstream } from '../../forward/upstream.js';
+import type { HttpUpstream } from '../../forward/upstream.js';
+import type { Lease } from '../../tenancy/registry.js';
+import { leaseHttpUpstream } from '../../tenancy/upstreams.js';
+import { plain } from '../../tenancy/tenant.js';
 import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
 import { createSourceCheck, type SourceCheck } from '../../policy/source-address.js';
 import type { Plane } from '../plane.js';
@@ -25,7 +28,7 @@ export interface WebhookState {
   readonly authenticate: Authenticator;
   readonly authorize: Authorizer;
   readonly checkSource: SourceCheck | undefined;
-  readonly upstream: HttpUpstream;
+  readonly upstream: Lease<HttpUpstream>;
   /** This tenant's share of request bodies being read at once, so one tenant cannot starve the rest. */
   readonly bodyBudget: BodyBudget;
 }
@@ -61,13 +64,11 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
         }),
         authorize: createAuthorizer(tenant.id, tenant.config.access.webhook),
         checkSource: createSourceCheck(settings.sourceCIDRs),
-        upstream: createHttpUpstream(istiod.webhook, tenant.files, { allowLoopback: tenant.allowLoopbackUpstreams }),
-        bodyBudget: createBodyBudget(settings.maxBufferedBytes),
+        upstream: leaseHttpUpstream(tenant, 'webhook/upstream', istiod.webhook),
+        bodyBudget: tenant.resources.use('webhook/body-budget', settings.maxBufferedBytes, () =>
+          plain(createBodyBudget(settings.maxBufferedBytes)),
+        ).value,
       };
-    },
-
-    dispose(state) {
-      state.upstream.close();
     },
 
     async handle(context, state) {
@@ -108,9 +109,10 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
         budgets: [state.bodyBudget, deps.bodyBudget],
         deadlineMs: remainingMs(),
       });
+      const hold = state.upstream.hold();
       try {
         const result = await forwardHttp(exchange, {
-          upstream: state.upstream,
+          upstream: state.upstream.value,
           path: target.query === undefined ? path.forwardPath : `${path.forwardPath}?${target.query}`,
           headers: outboundHeaders(exchange, { 'content-length': String(body.length) }),
           body,
@@ -119,6 +121,7 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
         context.upstreamStatus = result.status;
         if (result.error) context.error = result.error;
       } finally {
+        hold();
         release();
       }
     },

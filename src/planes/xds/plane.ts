@@ -10,8 +10,11 @@
  * itself with a certificate has no token: meshgate sends the tenant's configured istiod token.
  */
 import { createAuthenticator, type Authenticator } from '../../auth/authenticate.js';
+import type { XdsUpstreamConfig } from '../../config/schema.js';
+import type { CloseReason, Lease } from '../../tenancy/registry.js';
+import type { TenantCore } from '../../tenancy/tenant.js';
 import type { Identity } from '../../auth/identity.js';
-import { MeshgateError } from '../../errors.js';
+import { ERROR_CODES, MeshgateError, type ErrorCode } from '../../errors.js';
 import { forwardGrpc } from '../../forward/grpc.js';
 import { createGrpcPool, type GrpcPool, type GrpcPoolEvents } from '../../forward/grpc-pool.js';
 import { GRPC_STATUS, isGrpcContentType } from '../../grpc/status.js';
@@ -33,6 +36,22 @@ export const XDS_METHODS: ReadonlyMap<string, 'sotw' | 'delta' | undefined> = ne
   ['/istio.v1.auth.IstioCertificateService/CreateCertificate', undefined],
 ]);
 
+/**
+ * A tenant's pool towards istiod, as a registry resource, with the streams running on it. Closed
+ * (the tenant or its xds upstream was removed, or a replaced pool's drain bound passed), it ends
+ * each stream with UNAVAILABLE and a message saying why: sidecars reconnect, and find out.
+ */
+interface XdsPool {
+  readonly pool: GrpcPool;
+  readonly streams: Set<(code: number, message: string) => void>;
+}
+
+const CLOSE_CODES: Readonly<Record<CloseReason, ErrorCode>> = {
+  removed: 'MG_ERR_TENANT_REMOVED',
+  replaced: 'MG_ERR_UPSTREAM_REPLACED',
+  shutdown: 'MG_ERR_SHUTTING_DOWN',
+};
+
 export interface XdsState {
   readonly tenant: string;
   readonly authenticate: Authenticator;
@@ -40,7 +59,7 @@ export interface XdsState {
   readonly mayCall: MethodPolicy;
   /** The tenant's debug allowlist, for debug type URLs. */
   readonly debugEndpoints: ReadonlySet<string>;
-  readonly pool: GrpcPool;
+  readonly pool: Lease<XdsPool>;
   readonly ownToken?: { readonly token: string; readonly cluster: string };
   readonly clusters: ReadonlySet<string>;
 }
@@ -61,6 +80,33 @@ const NOT_GRPC = (): MeshgateError => new MeshgateError('MG_ERR_REQUEST_NOT_GRPC
 
 export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
   const open = new Set<(code: number, message: string) => void>();
+
+  function leasePool(tenant: TenantCore, upstream: XdsUpstreamConfig): Lease<XdsPool> {
+    const ca = upstream.ca === undefined ? undefined : tenant.files.text(upstream.ca);
+    // The own token is a header of each stream, not part of a connection: it is not an input.
+    const { token: _token, ...connection } = upstream;
+    const inputs = { connection, ca, allowLoopback: tenant.allowLoopbackUpstreams };
+    return tenant.resources.use('xds/pool', inputs, () => {
+      const pool = createGrpcPool({
+        config: upstream,
+        ca,
+        allowLoopback: tenant.allowLoopbackUpstreams,
+        ...(deps.poolEvents ? { events: deps.poolEvents(tenant.id) } : {}),
+      });
+      const streams = new Set<(code: number, message: string) => void>();
+      return {
+        value: { pool, streams },
+        close(reason) {
+          for (const end of [...streams]) {
+            open.delete(end);
+            end(GRPC_STATUS.UNAVAILABLE, `${CLOSE_CODES[reason]}: ${ERROR_CODES[CLOSE_CODES[reason]].message}`);
+          }
+          streams.clear();
+          pool.close();
+        },
+      };
+    });
+  }
 
   return {
     name: 'xds',
@@ -85,19 +131,10 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
         authorize: createAuthorizer(tenant.id, tenant.config.access.xds),
         mayCall: createMethodPolicy(tenant.config.access.xds),
         debugEndpoints: new Set(tenant.config.debug.endpoints ?? DEFAULT_DEBUG_ENDPOINTS),
-        pool: createGrpcPool({
-          config: upstream,
-          ca: upstream.ca === undefined ? undefined : tenant.files.text(upstream.ca),
-          allowLoopback: tenant.allowLoopbackUpstreams,
-          ...(deps.poolEvents ? { events: deps.poolEvents(tenant.id) } : {}),
-        }),
+        pool: leasePool(tenant, upstream),
         clusters: new Set(tenant.clusters.keys()),
         ...(own ? { ownToken: { token: tenant.files.text(own.file).trim(), cluster: own.cluster } } : {}),
       };
-    },
-
-    dispose(state) {
-      state.pool.close();
     },
 
     async handle(context, state) {
@@ -122,7 +159,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
         ':method': 'POST',
         ':scheme': 'https',
         ':path': target.path,
-        ':authority': state.pool.authority,
+        ':authority': state.pool.value.pool.authority,
         // gRPC needs `te: trailers`; as a hop-by-hop header it was removed, so it is set again.
         te: 'trailers',
         authorization: `Bearer ${credential.token}`,
@@ -135,21 +172,28 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       deps.onStream?.(state.tenant, 1);
       const started = performance.now();
       let terminate: ((code: number, message: string) => void) | undefined;
+      const release = state.pool.hold();
+      const { pool, streams } = state.pool.value;
       try {
         const result = await forwardGrpc(exchange, {
-          pool: state.pool,
+          pool,
           headers,
           ...(deps.onBytes ? { onBytes: (direction, bytes) => deps.onBytes?.(state.tenant, direction, bytes) } : {}),
           onOpen: (end) => {
             terminate = end;
             open.add(end);
+            streams.add(end);
           },
           ...(kind === undefined ? {} : { checkMessage: (payload: Buffer) => checkDebugRequest(readDiscoveryRequest(payload, kind), state.debugEndpoints) }),
         });
         context.grpcStatus = result.grpcStatus;
         if (result.error) context.error = result.error;
       } finally {
-        if (terminate) open.delete(terminate);
+        release();
+        if (terminate) {
+          open.delete(terminate);
+          streams.delete(terminate);
+        }
         deps.onStream?.(state.tenant, -1);
         deps.onStreamEnd?.(state.tenant, (performance.now() - started) / 1000);
       }
@@ -161,6 +205,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
     },
   };
 }
+
 
 function isGrpcRequest(exchange: Exchange): boolean {
   return isGrpcContentType(exchange.headers['content-type']);
