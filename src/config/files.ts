@@ -16,21 +16,50 @@ export interface ConfigFiles {
   text(path: string): string;
   certificates(path: string): X509Certificate[];
   key(path: string): KeyObject;
+  /** Every file read, by absolute path (or reference): what a change of must reload. */
+  paths(): string[];
 }
 
-export function readConfigFiles(config: Config, baseDir: string): { config: Config; files: ConfigFiles; issues: ConfigIssue[] } {
+/**
+ * Where file references are read from. Paths on disk by default; a MeshTenant's references name
+ * Secret keys instead, and are read from the Secrets meshgate watches, never from its own disk.
+ */
+export interface FileReader {
+  /** The absolute form of a reference, or an issue's message when the reference is not allowed. */
+  resolve(file: string, baseDir: string): string | { readonly refused: string };
+  /** The text, or an error whose `code` (or message) says why not. */
+  read(absolute: string): string;
+}
+
+export const DISK: FileReader = {
+  resolve: (file, baseDir) => (isAbsolute(file) ? file : resolve(baseDir, file)),
+  read: (absolute) => readFileSync(absolute, 'utf8'),
+};
+
+export function readConfigFiles(
+  config: Config,
+  baseDir: string,
+  readerFor: (tenant: number | undefined) => FileReader = () => DISK,
+): { config: Config; files: ConfigFiles; issues: ConfigIssue[] } {
   const issues: ConfigIssue[] = [];
   const texts = new Map<string, string>();
   const certs = new Map<string, X509Certificate[]>();
   const keys = new Map<string, KeyObject>();
 
   const use = (path: PropertyKey[], file: string, kind: FileKind): string => {
-    const absolute = isAbsolute(file) ? file : resolve(baseDir, file);
+    const reader = readerFor(path[0] === 'tenants' && typeof path[1] === 'number' ? path[1] : undefined);
+    const resolved = reader.resolve(file, baseDir);
+    if (typeof resolved !== 'string') {
+      issues.push({ path, message: resolved.refused });
+      return file;
+    }
+    const absolute = resolved;
     let text: string;
     try {
-      text = readFileSync(absolute, 'utf8');
+      text = reader.read(absolute);
     } catch (err) {
-      issues.push({ path, message: `cannot read ${absolute}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` });
+      const reason = (err as NodeJS.ErrnoException).code ?? (err instanceof Error ? err.message : String(err));
+      issues.push({ path, message: `cannot read ${absolute}: ${reason}` });
       return absolute;
     }
     const problem = checkContent(kind, text, absolute, certs, keys);
@@ -96,6 +125,7 @@ export function readConfigFiles(config: Config, baseDir: string): { config: Conf
     text: (path) => required(texts, path),
     certificates: (path) => required(certs, path),
     key: (path) => required(keys, path),
+    paths: () => [...texts.keys()],
   };
   return { config: resolved, files, issues };
 }

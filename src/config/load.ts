@@ -7,7 +7,7 @@ import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { configSchema, type Config } from './schema.js';
 import { ConfigError, type ConfigIssue } from './issues.js';
-import { readConfigFiles, type ConfigFiles } from './files.js';
+import { DISK, readConfigFiles, type ConfigFiles, type FileReader } from './files.js';
 
 export interface LoadedConfig {
   readonly config: Readonly<Config>;
@@ -16,8 +16,17 @@ export interface LoadedConfig {
   readonly source: string;
 }
 
+/**
+ * Tenants from somewhere other than the file (MeshTenant resources), added to the file's own
+ * settings, with the reader of their file references (Secret keys).
+ */
+export interface TenantOverlay {
+  readonly tenants: readonly unknown[];
+  readonly reader: FileReader;
+}
+
 /** Parses and validates config text. File references are not read here. */
-export function parseConfig(text: string, source = 'config'): Config {
+export function parseConfig(text: string, source = 'config', overlay?: TenantOverlay): Config {
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
@@ -25,7 +34,12 @@ export function parseConfig(text: string, source = 'config'): Config {
       doc.errors.map((e) => ({ path: [], message: e.message.split('\n')[0] ?? e.message })),
     );
   }
-  const result = configSchema.safeParse(doc.toJS());
+  const raw: unknown = doc.toJS();
+  if (isRecord(raw) && raw.tenantSource !== undefined && raw.tenants !== undefined) {
+    throw new ConfigError(source, [{ path: ['tenants'], message: 'with tenantSource.kubernetes, tenants come from MeshTenant resources: leave "tenants" out' }]);
+  }
+  if (overlay !== undefined && isRecord(raw)) raw.tenants = [...overlay.tenants];
+  const result = configSchema.safeParse(raw);
   if (!result.success) {
     const issues: ConfigIssue[] = result.error.issues.map((issue) => ({ path: issue.path, message: issue.message }));
     throw new ConfigError(source, issues);
@@ -34,7 +48,7 @@ export function parseConfig(text: string, source = 'config'): Config {
 }
 
 /** Reads, validates and checks a config file and everything it names. Throws ConfigError. */
-export function loadConfig(path: string): LoadedConfig {
+export function loadConfig(path: string, overlay?: TenantOverlay): LoadedConfig {
   const source = resolve(path);
   let text: string;
   try {
@@ -42,10 +56,19 @@ export function loadConfig(path: string): LoadedConfig {
   } catch (err) {
     throw new ConfigError(source, [{ path: [], message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }]);
   }
-  const parsed = parseConfig(text, source);
-  const { config, files, issues } = readConfigFiles(parsed, dirname(source));
+  return loadConfigText(text, source, overlay);
+}
+
+/** As loadConfig, for config text that `source` names; relative file paths are read from its folder. */
+export function loadConfigText(text: string, source: string, overlay?: TenantOverlay): LoadedConfig {
+  const parsed = parseConfig(text, source, overlay);
+  const { config, files, issues } = readConfigFiles(parsed, dirname(source), () => overlay?.reader ?? DISK);
   if (issues.length > 0) throw new ConfigError(source, issues);
   return { config: deepFreeze(config), files, source };
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function deepFreeze<T>(value: T): T {

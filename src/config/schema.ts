@@ -25,8 +25,18 @@ const size = z.union([z.number(), z.string()]).transform((value, ctx) => {
   return bytes;
 });
 
-/** A path to a file, relative to the config file's folder. src/config/files.ts reads and checks it. */
-const file = z.string().min(1);
+/**
+ * A path to a file, relative to the config file's folder. src/config/files.ts reads and checks it.
+ * Marked, so that the MeshTenant schema (src/tenancy/crd.ts) can make it a Secret key reference.
+ */
+export const FILE_MARK = 'x-meshgate-file';
+const file = z.string().min(1).meta({ [FILE_MARK]: true });
+
+/**
+ * 30 minutes: the connection age istiod's Helm chart sets (keepaliveMaxServerConnectionAge), after
+ * which istiod itself ends a sidecar's stream. Read from the chart, not exercised by a test.
+ */
+const DEFAULT_DRAIN_MS = 1_800_000;
 
 const name = z
   .string()
@@ -276,7 +286,7 @@ const limits = z.strictObject({
   authenticationTimeout: duration.default(10_000),
 });
 
-const tenant = z.strictObject({
+export const tenantSchema = z.strictObject({
   id: name,
   hosts: z.array(hostPattern).min(1),
   tls: z.strictObject({ cert: file, key: file, clientCA: file.optional() }),
@@ -349,14 +359,43 @@ export const configSchema = z
         tokenCache: { maxEntries: 10_000, maxTtl: 300_000 },
         jwks: { cooldown: 30_000, maxAge: 600_000, timeout: 5_000 },
       }),
+    reload: z
+      .strictObject({
+        /**
+         * How long work running on a replaced upstream pool (its address, CA or client certificate
+         * changed) may go on: long enough for most streams to end on their own.
+         */
+        drainTimeout: duration.default(DEFAULT_DRAIN_MS),
+        /** Re-read the config, and every file it names, when they change (SIGHUP always does). */
+        watch: z.boolean().default(true),
+        /** How often the files are compared with what is loaded, besides change notifications. */
+        pollInterval: duration.default(5_000),
+      })
+      .default({ drainTimeout: DEFAULT_DRAIN_MS, watch: true, pollInterval: 5_000 }),
+    /** Where tenants come from besides this file: MeshTenant resources. */
+    tenantSource: z
+      .strictObject({
+        kubernetes: z.strictObject({
+          /** The namespace of the MeshTenants and of the Secrets they name. */
+          namespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/).max(63),
+          /** A kubeconfig file; without it, the in-cluster service account. */
+          kubeconfig: file.optional(),
+          /** Only MeshTenants with these labels (a Kubernetes label selector). */
+          labelSelector: z.string().min(1).optional(),
+        }),
+      })
+      .optional(),
     listeners: z.record(name, listener).refine((l) => Object.keys(l).length > 0, 'at least one listener is required'),
-    tenants: z.array(tenant).min(1),
+    tenants: z.array(tenantSchema).default([]),
   })
   .check((ctx) => checkCrossReferences(ctx.value, ctx.issues));
 
 export type RawConfig = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;
 export type TenantConfig = Config['tenants'][number];
+export type RawTenantConfig = z.input<typeof tenantSchema>;
+export type ReloadSettings = Config['reload'];
+export type KubernetesSourceConfig = NonNullable<Config['tenantSource']>['kubernetes'];
 export type ClusterConfig = TenantConfig['clusters'][number];
 export type ListenerConfig = Config['listeners'][string];
 export type UpstreamConfig = z.output<typeof upstream>;
@@ -386,6 +425,10 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
     if (l.port !== 0 && owner !== undefined) report(['listeners', listenerName, 'port'], `port ${l.port} is already used by ${owner}`);
     ports.set(l.port, `listener "${listenerName}"`);
     if (new Set(l.planes).size !== l.planes.length) report(['listeners', listenerName, 'planes'], 'a plane is listed twice');
+  }
+
+  if (config.tenantSource === undefined && config.tenants.length === 0) {
+    report(['tenants'], 'at least one tenant is required (or tenantSource.kubernetes, for MeshTenant resources)');
   }
 
   const tenantIds = new Set<string>();
