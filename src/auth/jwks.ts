@@ -4,7 +4,6 @@
  * share one reload, so a flood of made-up key ids cannot turn into a flood of fetches. Without
  * keys there is no verification: failure is closed.
  */
-import { readFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { request as httpRequest } from 'node:http';
 import { createLocalJWKSet, type FlattenedJWSInput, type JSONWebKeySet, type JWSHeaderParameters } from 'jose';
@@ -81,8 +80,12 @@ export function createJwksSource(options: JwksSourceOptions): JwksSource {
 
 const MAX_JWKS_BYTES = 1024 * 1024;
 
-export function loadJwksFile(path: string): () => Promise<JSONWebKeySet> {
-  return async () => parseJwks(await readFile(path, 'utf8'));
+/**
+ * Keys from a JWKS document already read (a file, or a Secret key): the loader checked it when the
+ * config was loaded; a change to it is a reload, which makes a new source.
+ */
+export function loadJwksText(text: string): () => Promise<JSONWebKeySet> {
+  return () => Promise.resolve().then(() => parseJwks(text));
 }
 
 export interface JwksUrlOptions {

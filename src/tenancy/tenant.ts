@@ -8,7 +8,7 @@ import { constants as cryptoConstants, X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { ClientCertificateTrust } from '../auth/client-cert.js';
 import type { Identity } from '../auth/identity.js';
-import { createJwksSource, loadJwksFile, loadJwksUrl, type JwksSource } from '../auth/jwks.js';
+import { createJwksSource, loadJwksText, loadJwksUrl, type JwksSource } from '../auth/jwks.js';
 import { createTokenVerifier, type TokenIssuer, type TokenVerifier } from '../auth/jwt.js';
 import { createTokenReviewer } from '../auth/token-review.js';
 import { createTokenCache } from '../auth/token-cache.js';
@@ -145,7 +145,7 @@ export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): T
         createJwksSource({
           load:
             source.file !== undefined
-              ? loadJwksFile(source.file)
+              ? loadJwksText(inputs.file ?? '')
               : loadJwksUrl({
                   url: source.url ?? '',
                   ca: inputs.ca,
