@@ -9,6 +9,8 @@
  *  - TokenReview and SelfSubjectReview (`kubectl auth whoami`);
  *  - configmaps that echo what is written, and one (`bookinfo/blob`) served as protobuf bytes, so
  *    tests can check binary bodies both ways;
+ *  - secrets and meshgate.dev MeshTenants, stored: create, replace, delete, get, list and watch,
+ *    and a MeshTenant's status subresource (JSON or merge patch), as a config cluster serves them;
  *  - exec, attach and port-forward over SPDY/3.1 and WebSocket (see kube-streams.ts).
  * It records every request, with the user it ran as, before answering.
  */
@@ -77,7 +79,22 @@ export interface KubeApiServerStandIn {
 }
 
 const PROTOBUF = 'application/vnd.kubernetes.protobuf';
-const KINDS: Readonly<Record<KubeResource, string>> = { namespaces: 'Namespace', pods: 'Pod', services: 'Service' };
+const KINDS: Readonly<Record<KubeResource, string>> = {
+  namespaces: 'Namespace',
+  pods: 'Pod',
+  services: 'Service',
+  secrets: 'Secret',
+  meshtenants: 'MeshTenant',
+};
+const API_VERSIONS: Readonly<Record<KubeResource, string>> = {
+  namespaces: 'v1',
+  pods: 'v1',
+  services: 'v1',
+  secrets: 'v1',
+  meshtenants: 'meshgate.dev/v1alpha1',
+};
+/** Resources written through the API and kept: what a config cluster holds for meshgate's tenant source. */
+const WRITABLE = new Set<KubeResource>(['secrets', 'meshtenants']);
 const PUBLIC_PATHS = new Set(['/version', '/healthz', '/livez', '/readyz', '/.well-known/openid-configuration', '/openid/v1/jwks']);
 
 export async function startKubeApiServerStandIn(options: KubeApiServerOptions): Promise<KubeApiServerStandIn> {
@@ -150,9 +167,14 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
       sendJson(res, 201, selfSubjectReview(user));
       return;
     }
-    const core = /^\/api\/v1(?:\/namespaces\/([^/]+))?\/([^/]+)(?:\/([^/]+))?(?:\/([^/]+))?$/.exec(path);
+    const custom = /^\/apis\/meshgate\.dev\/v1alpha1(?:\/namespaces\/([^/]+))?\/(meshtenants)(?:\/([^/]+))?(?:\/(status))?$/.exec(path);
+    const core = custom ?? /^\/api\/v1(?:\/namespaces\/([^/]+))?\/([^/]+)(?:\/([^/]+))?(?:\/([^/]+))?$/.exec(path);
     if (!core) throw new RequestError(404, pathNotFound());
     const [, namespace, resource = '', name, subresource] = core;
+    if (isResource(resource) && WRITABLE.has(resource) && method !== 'GET') {
+      await serveWrite(req, res, resource, namespace, name, subresource);
+      return;
+    }
     if (resource === 'configmaps' && subresource === undefined) {
       await serveConfigMaps(req, res, namespace, name);
       return;
@@ -187,7 +209,55 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
       return;
     }
     const items = store.list(resource, namespace).filter(selector);
-    sendJson(res, 200, { kind: `${KINDS[resource]}List`, apiVersion: 'v1', metadata: { resourceVersion: store.resourceVersion() }, items });
+    sendJson(res, 200, { kind: `${KINDS[resource]}List`, apiVersion: API_VERSIONS[resource], metadata: { resourceVersion: store.resourceVersion() }, items });
+  };
+
+  const serveWrite = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    resource: KubeResource,
+    namespace: string | undefined,
+    name: string | undefined,
+    subresource: string | undefined,
+  ): Promise<void> => {
+    const method = req.method ?? '';
+    const kind = KINDS[resource];
+    if (namespace === undefined) throw new RequestError(405, kubeStatus(405, 'MethodNotAllowed', `${kind}s are written in a namespace`));
+    if (method === 'DELETE' && name !== undefined && subresource === undefined) {
+      const gone = store.remove(resource, namespace, name);
+      if (!gone) throw new RequestError(404, notFound(resource, name));
+      sendJson(res, 200, gone);
+      return;
+    }
+    if (method === 'PATCH' && name !== undefined && subresource === 'status') {
+      const body: unknown = JSON.parse((await readBody(req)).toString('utf8') || 'null');
+      const status = statusFromPatch(body);
+      if (status === undefined) throw new RequestError(422, kubeStatus(422, 'Invalid', 'the sandbox patches /status only'));
+      const patched = store.patchStatus(resource, namespace, name, status);
+      if (!patched) throw new RequestError(404, notFound(resource, name));
+      sendJson(res, 200, patched);
+      return;
+    }
+    if ((method === 'POST' && name === undefined) || (method === 'PUT' && name !== undefined && subresource === undefined)) {
+      const body = await readJson(req);
+      const metadata = (typeof body.metadata === 'object' && body.metadata !== null ? body.metadata : {}) as Record<string, unknown>;
+      const objectName = typeof metadata.name === 'string' ? metadata.name : name;
+      if (objectName === undefined || (name !== undefined && objectName !== name)) {
+        throw new RequestError(422, kubeStatus(422, 'Invalid', `${kind} "${String(objectName)}" is invalid: metadata.name: Required value`, { kind }));
+      }
+      const exists = store.get(resource, namespace, objectName) !== undefined;
+      if (method === 'POST' && exists) throw new RequestError(409, kubeStatus(409, 'AlreadyExists', `${resource} "${objectName}" already exists`, { kind }));
+      if (method === 'PUT' && !exists) throw new RequestError(404, notFound(resource, objectName));
+      const stored = store.apply(resource, {
+        ...body,
+        apiVersion: API_VERSIONS[resource],
+        kind,
+        metadata: { ...metadata, name: objectName, namespace } as KubeObject['metadata'],
+      });
+      sendJson(res, method === 'POST' ? 201 : 200, stored);
+      return;
+    }
+    throw new RequestError(405, kubeStatus(405, 'MethodNotAllowed', `${method} is not supported by the sandbox`));
   };
 
   const blob: KubeObject = {
@@ -300,8 +370,17 @@ function streamTargetOf(url: string | undefined): StreamTarget | undefined {
   return { namespace: match[1], pod: match[2], kind: match[3] as StreamKind, query: target.searchParams };
 }
 
+/** The status a JSON patch (`add` or `replace` of /status) or a merge patch (`{status}`) sets. */
+function statusFromPatch(body: unknown): unknown {
+  if (Array.isArray(body)) {
+    const op = body.find((o: { op?: string; path?: string }) => (o.op === 'add' || o.op === 'replace') && o.path === '/status') as { value?: unknown } | undefined;
+    return op?.value;
+  }
+  return typeof body === 'object' && body !== null ? (body as { status?: unknown }).status : undefined;
+}
+
 function isResource(name: string): name is KubeResource {
-  return name === 'namespaces' || name === 'pods' || name === 'services';
+  return Object.hasOwn(KINDS, name);
 }
 
 /** `k8s\0` and 64 KiB of bytes from a SHA-256 chain seeded by the cluster's name; the first 256 cover every value. */

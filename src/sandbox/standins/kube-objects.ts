@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 
-export type KubeResource = 'namespaces' | 'pods' | 'services';
+export type KubeResource = 'namespaces' | 'pods' | 'services' | 'secrets' | 'meshtenants';
 
 export interface ObjectMeta {
   readonly name: string;
@@ -28,7 +28,7 @@ export interface KubeObject {
 }
 
 export interface WatchEvent {
-  readonly type: 'ADDED' | 'MODIFIED';
+  readonly type: 'ADDED' | 'MODIFIED' | 'DELETED';
   readonly object: KubeObject;
 }
 
@@ -42,6 +42,15 @@ export interface KubeStore {
   subscribe(listener: (resource: KubeResource, event: WatchEvent) => void): () => void;
   /** Bumps the `sandbox.meshgate.io/changed-at` annotation and resourceVersion of the next bookinfo pod. */
   touchNextPod(): void;
+  /**
+   * Stores an object written through the API (secrets, meshtenants): created, or replaced with a
+   * new resourceVersion (and, when its spec or data changed, a new generation). Watches see it.
+   */
+  apply(resource: KubeResource, object: KubeObject): KubeObject;
+  /** Replaces an object's status only (the status subresource); undefined when there is no such object. */
+  patchStatus(resource: KubeResource, namespace: string, name: string, status: unknown): KubeObject | undefined;
+  /** Deletes an object; watches see DELETED. */
+  remove(resource: KubeResource, namespace: string, name: string): KubeObject | undefined;
   /** Metadata for an object created through the API (echoed, not stored). */
   stamp(namespace: string, name: string): Pick<ObjectMeta, 'uid' | 'resourceVersion' | 'creationTimestamp'>;
 }
@@ -90,7 +99,13 @@ export function createKubeStore(cluster: string): KubeStore {
     return `${prefix}.${parseInt(h.slice(0, 2), 16)}.${1 + (parseInt(h.slice(2, 4), 16) % 254)}`;
   };
 
-  const objects: Record<KubeResource, Map<string, KubeObject>> = { namespaces: new Map(), pods: new Map(), services: new Map() };
+  const objects: Record<KubeResource, Map<string, KubeObject>> = {
+    namespaces: new Map(),
+    pods: new Map(),
+    services: new Map(),
+    secrets: new Map(),
+    meshtenants: new Map(),
+  };
   const put = (resource: KubeResource, object: KubeObject): void => {
     objects[resource].set(`${object.metadata.namespace ?? ''}/${object.metadata.name}`, object);
   };
@@ -176,6 +191,12 @@ export function createKubeStore(cluster: string): KubeStore {
   let historyFloor = resourceVersion;
   const listeners = new Set<(resource: KubeResource, event: WatchEvent) => void>();
   let nextPod = 0;
+  const emit = (resource: KubeResource, event: WatchEvent): void => {
+    history.push({ rv: resourceVersion, resource, event });
+    if (history.length > HISTORY) historyFloor = history.shift()?.rv ?? historyFloor;
+    for (const listener of listeners) listener(resource, event);
+  };
+  const key = (namespace: string | undefined, name: string): string => `${namespace ?? ''}/${name}`;
 
   return {
     list: (resource, namespace) => [...objects[resource].values()].filter((o) => namespace === undefined || o.metadata.namespace === namespace),
@@ -198,10 +219,44 @@ export function createKubeStore(cluster: string): KubeStore {
       };
       const object: KubeObject = { ...pod, metadata };
       put('pods', object);
-      const event: WatchEvent = { type: 'MODIFIED', object };
-      history.push({ rv: resourceVersion, resource: 'pods', event });
-      if (history.length > HISTORY) historyFloor = history.shift()?.rv ?? historyFloor;
-      for (const listener of listeners) listener('pods', event);
+      emit('pods', { type: 'MODIFIED', object });
+    },
+    apply(resource, object) {
+      const { namespace, name } = object.metadata;
+      const existing = objects[resource].get(key(namespace, name));
+      const content = (o: KubeObject | undefined): string => JSON.stringify(o?.spec ?? o?.data ?? o?.stringData ?? null);
+      const generation = (existing?.metadata as { generation?: number } | undefined)?.generation ?? 0;
+      const { status: _ignored, ...rest } = object;
+      const stored: KubeObject = {
+        ...rest,
+        ...(existing?.status === undefined ? {} : { status: existing.status }),
+        metadata: {
+          ...object.metadata,
+          uid: existing?.metadata.uid ?? uuidFrom(hash('created', namespace ?? '', name, String(resourceVersion))),
+          creationTimestamp: existing?.metadata.creationTimestamp ?? new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
+          resourceVersion: nextRv(),
+          ...(resource === 'meshtenants' ? { generation: existing && content(existing) === content(object) ? generation : generation + 1 } : {}),
+        },
+      };
+      put(resource, stored);
+      emit(resource, { type: existing ? 'MODIFIED' : 'ADDED', object: stored });
+      return stored;
+    },
+    patchStatus(resource, namespace, name, status) {
+      const existing = objects[resource].get(key(namespace, name));
+      if (!existing) return undefined;
+      const stored: KubeObject = { ...existing, status, metadata: { ...existing.metadata, resourceVersion: nextRv() } };
+      put(resource, stored);
+      emit(resource, { type: 'MODIFIED', object: stored });
+      return stored;
+    },
+    remove(resource, namespace, name) {
+      const existing = objects[resource].get(key(namespace, name));
+      if (!existing) return undefined;
+      objects[resource].delete(key(namespace, name));
+      const gone: KubeObject = { ...existing, metadata: { ...existing.metadata, resourceVersion: nextRv() } };
+      emit(resource, { type: 'DELETED', object: gone });
+      return gone;
     },
     stamp: (namespace, name) => ({
       uid: uuidFrom(hash('created', namespace, name, String(resourceVersion))),
