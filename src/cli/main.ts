@@ -4,6 +4,8 @@
  *
  *   meshgate serve   --config FILE      run the gateway (SIGHUP reloads, SIGTERM drains)
  *   meshgate check   --config FILE      validate a config and everything it names
+ *   meshgate check   --tenants FILE     validate MeshTenant resources (with --config: against it)
+ *   meshgate crd                        print the MeshTenant CustomResourceDefinition
  *   meshgate sandbox [--dir D] [--port-base P]
  *   meshgate certs   ca | server | client …
  *   meshgate xds     --server HOST:PORT …     (an ADS request or a CSR, printed)
@@ -11,7 +13,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { runCerts } from './certs.js';
-import { runCheck, runServe } from './serve.js';
+import { runCheck, runCrd, runServe } from './serve.js';
 import { runSandbox } from './sandbox.js';
 import { runXds } from './xds.js';
 import { runKubeconfig } from './kubeconfig.js';
@@ -22,6 +24,8 @@ const USAGE = `usage: meshgate <command> [options]
 commands:
   serve   --config FILE                 run the gateway
   check   --config FILE                 validate a config; prints every problem and exits 1 if any
+  check   --tenants FILE [--config F]   validate MeshTenant YAML (and Secrets in it) as meshgate would
+  crd                                   print the MeshTenant CustomResourceDefinition (kubectl apply -f -)
   sandbox [--dir D] [--port-base P]     run meshgate with two stand-in tenants (what npm start runs)
   certs   ca|server|client …            issue certificates (meshgate certs --help)
   xds     --server HOST:PORT …          one ADS request or CSR through meshgate (meshgate xds --help)
@@ -39,6 +43,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return runServe(rest);
     case 'check':
       return runCheck(rest);
+    case 'crd':
+      return runCrd();
     case 'sandbox':
       return runSandbox(rest);
     case 'certs':

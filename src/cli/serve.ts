@@ -1,11 +1,16 @@
-/** `meshgate serve` and `meshgate check`. */
+/** `meshgate serve`, `meshgate check` and `meshgate crd`. */
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseAllDocuments, stringify } from 'yaml';
 import { ConfigError } from '../config/issues.js';
-import { loadConfig, type LoadedConfig } from '../config/load.js';
-import { buildGateway } from '../gateway/build.js';
+import { loadConfig, loadConfigText, type LoadedConfig } from '../config/load.js';
+import { startServing } from '../gateway/serve.js';
+import { meshTenantCrd } from '../tenancy/crd.js';
+import { admitMeshTenants, MESH_TENANT, secretReader, type MeshTenantObject } from '../tenancy/mesh-tenant.js';
 import { parse, required } from './args.js';
 
 const SERVE_USAGE = 'usage: meshgate serve --config FILE [--drain-seconds N]';
-const CHECK_USAGE = 'usage: meshgate check --config FILE';
+const CHECK_USAGE = 'usage: meshgate check --config FILE | --tenants MESHTENANTS.yaml [--config FILE]';
 
 export async function runServe(args: readonly string[]): Promise<number> {
   const values = parse(
@@ -13,30 +18,25 @@ export async function runServe(args: readonly string[]): Promise<number> {
     { config: { type: 'string', short: 'c' }, 'drain-seconds': { type: 'string', default: '10' } },
     SERVE_USAGE,
   );
-  const path = required(values.config, '--config', SERVE_USAGE);
-  const loaded = loadOrReport(path);
-  if (!loaded) return 1;
+  const path = resolve(required(values.config, '--config', SERVE_USAGE));
+  const base = loadOrReport(() => loadConfig(path));
+  if (!base) return 1;
 
-  const gateway = buildGateway(loaded);
+  const running = await startServing(path, base, loadOrReport);
+  if (!running) return 1;
+  const { gateway } = running;
   const { logger } = gateway;
-  await gateway.listen();
 
-  process.on('SIGHUP', () => {
-    try {
-      gateway.reload(() => loadConfig(path));
-    } catch (err) {
-      logger.error({ err: err instanceof ConfigError ? err.message : err }, 'config reload failed; keeping the config in use');
-    }
-  });
   const drainMs = Number(values['drain-seconds']) * 1000;
-  await new Promise<void>((resolve) => {
+  await new Promise<void>((resolveStop) => {
     const stop = (signal: string): void => {
       logger.info({ signal, drainMs }, 'draining');
-      resolve();
+      resolveStop();
     };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
   });
+  running.close();
   await gateway.close(Number.isFinite(drainMs) ? drainMs : 10_000);
   logger.info('stopped');
   logger.flush();
@@ -44,21 +44,98 @@ export async function runServe(args: readonly string[]): Promise<number> {
 }
 
 export function runCheck(args: readonly string[]): number {
-  const values = parse(args, { config: { type: 'string', short: 'c' } }, CHECK_USAGE);
-  const loaded = loadOrReport(required(values.config, '--config', CHECK_USAGE));
+  const values = parse(args, { config: { type: 'string', short: 'c' }, tenants: { type: 'string' } }, CHECK_USAGE);
+  if (values.tenants !== undefined) return checkMeshTenants(values.tenants, values.config);
+  const loaded = loadOrReport(() => loadConfig(required(values.config, '--config', CHECK_USAGE)));
   if (!loaded) return 1;
   const { config } = loaded;
   const listeners = Object.entries(config.listeners).map(([name, l]) => `${name} ${l.host}:${l.port} [${l.planes.join(', ')}]`);
   console.log(`${loaded.source}: ok`);
-  console.log(`  tenants:   ${config.tenants.map((t) => t.id).join(', ')}`);
+  const kubernetes = config.tenantSource?.kubernetes;
+  console.log(
+    kubernetes
+      ? `  tenants:   MeshTenant resources in namespace ${kubernetes.namespace} (check them with --tenants)`
+      : `  tenants:   ${config.tenants.map((t) => t.id).join(', ')}`,
+  );
   console.log(`  listeners: ${listeners.join('; ')}`);
   console.log(`  admin:     ${config.admin.host}:${config.admin.port}`);
   return 0;
 }
 
-function loadOrReport(path: string): LoadedConfig | undefined {
+/** A config for checking MeshTenants without one: every setting at its default. */
+const DEFAULT_CONFIG = stringify({
+  listeners: { xds: { port: 15012, planes: ['xds'] }, webhook: { port: 15017, planes: ['webhook'] }, api: { port: 6443, planes: ['debug', 'kube'] } },
+  tenantSource: { kubernetes: { namespace: 'meshgate' } },
+});
+
+/**
+ * Checks MeshTenant YAML as meshgate would serve it: each alone, then together. Secrets in the
+ * same YAML are used for the references; a reference to a Secret that is not there is reported.
+ */
+function checkMeshTenants(tenantsFile: string, configFile: string | undefined): number {
+  let documents: unknown[];
   try {
-    return loadConfig(path);
+    documents = parseAllDocuments(readFileSync(tenantsFile, 'utf8')).map((doc) => doc.toJS() as unknown);
+  } catch (err) {
+    console.error(`${tenantsFile}: ${err instanceof Error ? err.message : String(err)}`);
+    return 1;
+  }
+  const objects = documents.filter(isObject);
+  const tenants = objects.filter((o) => o.kind === MESH_TENANT.kind) as MeshTenantObject[];
+  const secrets = new Map(
+    objects
+      .filter((o) => o.kind === 'Secret')
+      .map((o) => [String((o.metadata as { name?: unknown } | undefined)?.name), secretData(o)] as const),
+  );
+  const namespace = tenants[0]?.metadata?.namespace ?? 'meshgate';
+  const reader = secretReader(namespace, (name) => (secrets.has(name) ? { data: secrets.get(name) ?? {} } : undefined));
+  const source = configFile === undefined ? resolve('meshgate-defaults.yaml') : resolve(configFile);
+  const text = configFile === undefined ? DEFAULT_CONFIG : readFileSync(source, 'utf8');
+  if (tenants.length === 0) {
+    console.error(`${tenantsFile}: no ${MESH_TENANT.kind} in it`);
+    return 1;
+  }
+  let problems = 0;
+  try {
+    const { accepted, problems: refused } = admitMeshTenants(tenants, (list) => loadConfigText(text, source, { tenants: list, reader }));
+    for (const tenant of tenants) {
+      const name = tenant.metadata?.name ?? '';
+      const problem = refused.get(name);
+      if (problem === undefined) console.log(`${MESH_TENANT.kind} ${name}: ok`);
+      else {
+        problems++;
+        console.log(`${MESH_TENANT.kind} ${name}: invalid\n  ${problem.split('; ').join('\n  ')}`);
+      }
+    }
+    console.log(`${accepted.length} of ${tenants.length} would be served`);
+  } catch (err) {
+    console.error(err instanceof ConfigError ? err.message : String(err));
+    return 1;
+  }
+  return problems === 0 ? 0 : 1;
+}
+
+export function runCrd(): number {
+  process.stdout.write(`# The MeshTenant CustomResourceDefinition (meshgate crd)\n${stringify(meshTenantCrd(), { aliasDuplicateObjects: false, lineWidth: 0 })}`);
+  return 0;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** A Secret's keys as the API server stores them: `data` in base64, `stringData` folded in. */
+function secretData(secret: Record<string, unknown>): Record<string, string> {
+  const data = { ...(secret.data as Record<string, string> | undefined) };
+  for (const [key, value] of Object.entries((secret.stringData as Record<string, string> | undefined) ?? {})) {
+    data[key] = Buffer.from(value, 'utf8').toString('base64');
+  }
+  return data;
+}
+
+function loadOrReport(load: () => LoadedConfig): LoadedConfig | undefined {
+  try {
+    return load();
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(err.message);
