@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import type { StatusObject } from '@grpc/grpc-js';
-import { CoreV1Api, CustomObjectsApi, KubeConfig, V1ObjectMeta, V1Secret } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { loadConfig } from '../src/config/load.js';
@@ -23,6 +23,7 @@ import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { MESH_TENANT, type MeshTenantCondition } from '../src/tenancy/mesh-tenant.js';
 import { ROOT, run, start } from './helpers/cli.js';
 import { adsClient, adsOnce, bearer, identifierOf, metadata, status, TYPE_URL, type AdsClient } from './helpers/grpc.js';
+import { keyOf, secretOf, toMeshTenant } from './helpers/mesh-tenants.js';
 import { silent, startTestSandbox, tenantOf } from './helpers/sandbox.js';
 
 type RawConfig = Record<string, any>;
@@ -309,41 +310,3 @@ describe('meshgate check --tenants', () => {
     expect(printed.stdout).toBe(readFileSync(join(ROOT, 'deploy', 'crd-meshtenant.yaml'), 'utf8'));
   });
 });
-
-function secretOf(name: string, data: Record<string, string>): V1Secret {
-  const secret = new V1Secret();
-  secret.metadata = new V1ObjectMeta();
-  secret.metadata.name = name;
-  secret.metadata.namespace = 'meshgate';
-  secret.data = data;
-  return secret;
-}
-
-/** The secret keys: file names, as a Secret allows them. */
-function keyOf(name: string): string {
-  return name.replace(/[^-._a-zA-Z0-9]/g, '_');
-}
-
-/**
- * A tenant of the file as a MeshTenant: every file it names becomes a key of one Secret, and the
- * field a `secretKeyRef` to it.
- */
-function toMeshTenant(tenant: RawConfig, secret: string): { object: RawConfig; data: Record<string, string> } {
-  const data: Record<string, string> = {};
-  const convert = (value: unknown): unknown => {
-    if (typeof value === 'string' && value.startsWith('/')) {
-      const key = keyOf(basename(value));
-      data[key] = readFileSync(value).toString('base64');
-      return { secretKeyRef: { name: secret, key } };
-    }
-    if (Array.isArray(value)) return value.map(convert);
-    if (typeof value === 'object' && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, convert(v)]));
-    return value;
-  };
-  const { id, ...spec } = tenant;
-  return {
-    object: { apiVersion: `${MESH_TENANT.group}/${MESH_TENANT.version}`, kind: MESH_TENANT.kind, metadata: { name: String(id), namespace: 'meshgate' }, spec: convert(spec) },
-    data,
-  };
-}
-

@@ -6,9 +6,14 @@
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { createLogger } from '../../src/observability/logger.js';
 import { writeFile } from '../../src/sandbox/pki.js';
+import { createKubernetesSource } from '../../src/tenancy/kubernetes-source.js';
+import { toMeshTenant } from '../helpers/mesh-tenants.js';
 import { istioctl, startAgent, startEcho, type Agent } from './harness/istio.js';
 import { binary, hasBinary, stopAll } from './harness/processes.js';
 import { startTopology, TENANTS, type Topology } from './harness/topology.js';
@@ -310,6 +315,50 @@ describe('istiod reaches the mesh clusters only through meshgate, each tenant it
         // Each agent's token was reviewed by istiod against the agent's own cluster, through meshgate.
         expect(metrics).toMatch(new RegExp(`^meshgate_kube_requests_total\\{tenant="${tenant.id}",cluster="${clusterId}",verb="create",code="201"\\} [1-9]`, 'm'));
       }
+    }
+  });
+});
+
+describe('MeshTenant resources on the real kube-apiserver (the provider cluster)', () => {
+  const namespace = 'meshgate-tenants';
+  const crdFile = fileURLToPath(new URL('../../deploy/crd-meshtenant.yaml', import.meta.url));
+
+  it('accepts the CRD as structural, refuses a malformed MeshTenant itself, and gets the Ready condition meshgate writes', async () => {
+    const provider = topology.configCluster;
+    await provider.kubectl(['apply', '-f', crdFile]);
+    await provider.kubectl(['wait', '--for=condition=Established', '--timeout=30s', 'crd/meshtenants.meshgate.dev']);
+    await provider.apply([{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace } }]);
+
+    // acme, as meshgate's own config has it, made a MeshTenant and a Secret of its files.
+    const config = parse(readFileSync(topology.meshgate.configFile, 'utf8')) as { tenants: Record<string, any>[] };
+    const acme = toMeshTenant(config.tenants.find((t) => t.id === 'acme') ?? {}, 'acme-files', namespace);
+    await provider.kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'acme-files', namespace }, data: acme.data }));
+    await provider.kubectl(['apply', '-f', '-'], JSON.stringify(acme.object));
+    // One the API server's schema refuses (hosts is a list), and one only meshgate can judge (no such Secret).
+    const malformed = { ...acme.object, metadata: { name: 'malformed', namespace }, spec: { ...acme.object.spec, hosts: 'acme.example' } };
+    await expect(provider.kubectl(['apply', '-f', '-'], JSON.stringify(malformed))).rejects.toThrow(/spec\.hosts: Invalid value: "string": spec\.hosts in body must be of type array/);
+    const orphan = { ...acme.object, metadata: { name: 'orphan', namespace }, spec: { ...acme.object.spec, hosts: ['orphan.interop.example'], tls: { ...acme.object.spec.tls, key: { secretKeyRef: { name: 'gone', key: 'tls.key' } } } } };
+    await provider.kubectl(['apply', '-f', '-'], JSON.stringify(orphan));
+
+    // meshgate's Kubernetes source, with the provider's admin kubeconfig, against these.
+    const dir = mkdtempSync(join(tmpdir(), 'meshgate-interop-meshtenants-'));
+    const base = { ...parse(readFileSync(topology.meshgate.configFile, 'utf8')), tenantSource: { kubernetes: { namespace, kubeconfig: provider.adminKubeconfig } } } as Record<string, unknown>;
+    delete base.tenants;
+    const file = writeFile(join(dir, 'meshgate.yaml'), stringify(base));
+    const source = createKubernetesSource({ path: file, config: { namespace, kubeconfig: provider.adminKubeconfig }, kubeconfig: provider.adminKubeconfig, logger: createLogger('silent') });
+    try {
+      await source.start({ onChange: () => undefined });
+      expect(source.overlay().tenants.map((t) => (t as { id: string }).id)).toEqual(['acme']);
+      const ready = async (name: string): Promise<{ status: string; reason: string; message: string } | undefined> => {
+        const object = JSON.parse(await provider.kubectl(['get', 'meshtenant', name, '-n', namespace, '-o', 'json'])) as { status?: { conditions?: { type: string; status: string; reason: string; message: string }[] } };
+        return object.status?.conditions?.find((c) => c.type === 'Ready');
+      };
+      await vi.waitFor(async () => expect(await ready('acme')).toMatchObject({ status: 'True', reason: 'Accepted' }), { timeout: 15_000, interval: 200 });
+      await vi.waitFor(async () => expect((await ready('orphan'))?.message).toContain(`Secret ${namespace}/gone does not exist`), { timeout: 15_000, interval: 200 });
+      // kubectl's columns, from the CRD.
+      expect(await provider.kubectl(['get', 'meshtenants', '-n', namespace])).toMatch(/^acme\s+True\s+Accepted\s+\["acme\./m);
+    } finally {
+      source.close();
     }
   });
 });
