@@ -43,6 +43,25 @@ describe('meshgate check', () => {
     expect(stderr).toContain('tenants[1]: Unrecognized key: "colour"');
   });
 
+  it('warns of weak TLS settings on a listener, and refuses names OpenSSL does not know', async () => {
+    const config = parse(readFileSync(sandbox.info.config, 'utf8')) as Record<string, any>;
+    config.listeners.api.tls = { ciphers: ['ECDHE-RSA-AES128-GCM-SHA256', 'AES128-GCM-SHA256', 'ECDHE-RSA-AES128-SHA'], curves: ['X25519', 'P-256'] };
+    const dir = temp();
+    writeFileSync(join(dir, 'weak.yaml'), stringify(config));
+    const weak = await run(['check', '--config', join(dir, 'weak.yaml')]);
+    expect(weak.code).toBe(0);
+    expect(weak.stdout).toContain('warning: listeners.api.tls: cipher AES128-GCM-SHA256: no ECDHE key exchange, so no forward secrecy');
+    expect(weak.stdout).toContain('warning: listeners.api.tls: cipher ECDHE-RSA-AES128-SHA: not AEAD');
+    expect(weak.stdout.match(/^warning:/gm)).toHaveLength(2);
+
+    config.listeners.api.tls = { ciphers: ['ECDHE-RSA-AES128-GCM-SHA256', 'NOT-A-SUITE'], curves: ['no-such-curve'] };
+    writeFileSync(join(dir, 'bad.yaml'), stringify(config));
+    const bad = await run(['check', '--config', join(dir, 'bad.yaml')]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('listeners.api.tls.ciphers: not a TLS 1.2 suite OpenSSL knows: NOT-A-SUITE');
+    expect(bad.stderr).toContain('listeners.api.tls: OpenSSL refuses these settings');
+  });
+
   it('reports missing and unreadable files with their paths', async () => {
     const config = parse(readFileSync(sandbox.info.config, 'utf8')) as Record<string, any>;
     config.tenants[0].tls.cert = 'missing.pem';
@@ -89,6 +108,26 @@ describe('meshgate certs', () => {
     for (const key of ['tenant-ca-key.pem', 'acme.mesh.example.com-key.pem', 'acme-client-key.pem']) {
       expect(statSync(join(dir, key)).mode & 0o777).toBe(0o600);
     }
+  });
+
+  it('issues ECDSA P-256 keys with --key-type ecdsa, under an ECDSA or an RSA CA', async () => {
+    const dir = temp();
+    expect((await run(['certs', 'ca', '--name', 'ec-ca', '--key-type', 'ecdsa', '--out-dir', dir])).code).toBe(0);
+    expect((await run(['certs', 'ca', '--name', 'rsa-ca', '--out-dir', dir])).code).toBe(0);
+    for (const ca of ['ec-ca', 'rsa-ca']) {
+      const caArgs = ['--ca-cert', join(dir, `${ca}.pem`), '--ca-key', join(dir, `${ca}-key.pem`), '--out-dir', dir];
+      const issued = await run(['certs', 'server', ...caArgs, '--key-type', 'ecdsa', '--name', `${ca}-leaf`, '--host', 'acme.mesh.example.com']);
+      expect(issued.code).toBe(0);
+      const leaf = new X509Certificate(readFileSync(join(dir, `${ca}-leaf.pem`)));
+      const issuer = new X509Certificate(readFileSync(join(dir, `${ca}.pem`)));
+      expect(leaf.publicKey.asymmetricKeyType).toBe('ec');
+      expect(leaf.publicKey.asymmetricKeyDetails?.namedCurve).toBe('prime256v1');
+      expect(leaf.checkIssued(issuer)).toBe(true);
+      expect(leaf.verify(issuer.publicKey)).toBe(true);
+      expect(leaf.checkHost('acme.mesh.example.com')).toBe('acme.mesh.example.com');
+    }
+    expect(new X509Certificate(readFileSync(join(dir, 'ec-ca.pem'))).publicKey.asymmetricKeyType).toBe('ec');
+    expect((await run(['certs', 'ca', '--name', 'dsa', '--key-type', 'dsa', '--out-dir', dir])).stderr).toContain('--key-type must be rsa or ecdsa');
   });
 
   it('refuses to overwrite, and refuses a URI that is not SPIFFE', async () => {

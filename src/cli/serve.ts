@@ -5,6 +5,7 @@ import { parseAllDocuments, stringify } from 'yaml';
 import { ConfigError } from '../config/issues.js';
 import { loadConfig, loadConfigText, type LoadedConfig } from '../config/load.js';
 import { startServing } from '../gateway/serve.js';
+import { weaknesses } from '../listener/tls-profile.js';
 import { meshTenantCrd } from '../tenancy/crd.js';
 import { admitMeshTenants, MESH_TENANT, secretReader, type MeshTenantObject } from '../tenancy/mesh-tenant.js';
 import { parse, required } from './args.js';
@@ -59,6 +60,10 @@ export function runCheck(args: readonly string[]): number {
   );
   console.log(`  listeners: ${listeners.join('; ')}`);
   console.log(`  admin:     ${config.admin.host}:${config.admin.port}`);
+  // Weak but valid choices are the operator's to make: said, not refused.
+  for (const [name, listener] of Object.entries(config.listeners)) {
+    for (const weakness of weaknesses(listener.tls)) console.log(`warning: listeners.${name}.tls: ${weakness}`);
+  }
   return 0;
 }
 

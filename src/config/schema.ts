@@ -3,9 +3,13 @@
  * else describes the shape. docs/configuration.md documents every field here.
  */
 import { BlockList, isIP } from 'node:net';
+import { createSecureContext, getCiphers } from 'node:tls';
 import { z } from 'zod';
+import { DEFAULT_TLS_PROFILE, tlsServerOptions } from '../listener/tls-profile.js';
 import { isForbiddenEndpoint } from '../planes/debug/endpoints.js';
 import { parseDuration, parseSize } from './units.js';
+
+const KNOWN_CIPHERS = new Set(getCiphers());
 
 const duration = z.string().transform((text, ctx) => {
   const ms = parseDuration(text);
@@ -307,10 +311,31 @@ export const tenantSchema = z.strictObject({
     .default({}),
 });
 
+/** What TLS a listener speaks (src/listener/tls-profile.ts); `meshgate check` warns of a weak choice. */
+const listenerTls = z
+  .strictObject({
+    minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default(DEFAULT_TLS_PROFILE.minVersion),
+    ciphers: z.array(z.string().min(1)).min(1).default([...DEFAULT_TLS_PROFILE.ciphers]),
+    curves: z.array(z.string().min(1)).min(1).default([...DEFAULT_TLS_PROFILE.curves]),
+  })
+  .check((ctx) => {
+    // OpenSSL is the judge of names: a context made with them, or the reason it cannot be.
+    try {
+      createSecureContext(tlsServerOptions(ctx.value));
+    } catch (err) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: `OpenSSL refuses these settings: ${err instanceof Error ? err.message : String(err)}` });
+    }
+    const unknown = ctx.value.ciphers.filter((c) => !KNOWN_CIPHERS.has(c.toLowerCase()));
+    if (unknown.length > 0) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, path: ['ciphers'], message: `not a TLS 1.2 suite OpenSSL knows: ${unknown.join(', ')}` });
+    }
+  });
+
 const listener = z.strictObject({
   host: z.string().default('0.0.0.0'),
   port,
   planes: z.array(z.enum(PLANES)),
+  tls: listenerTls.default({ ...DEFAULT_TLS_PROFILE, ciphers: [...DEFAULT_TLS_PROFILE.ciphers], curves: [...DEFAULT_TLS_PROFILE.curves] }),
   defaultCertificate: z.strictObject({ cert: file, key: file }).optional(),
   maxConnections: z.number().int().positive().default(10_000),
   handshakeTimeout: duration.default(10_000),

@@ -146,7 +146,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     createTlsListener({
       name,
       config,
-      contextFor: (serverName) => snapshot.tenantForHost(serverName)?.secureContext,
+      contextFor: (serverName) => snapshot.tenantForHost(serverName)?.secureContexts.get(name),
       defaultCertificate: config.defaultCertificate
         ? { cert: loaded.files.text(config.defaultCertificate.cert), key: loaded.files.text(config.defaultCertificate.key) }
         : fallback,

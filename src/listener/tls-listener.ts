@@ -15,7 +15,7 @@ import type { ListenerConfig } from '../config/schema.js';
 import { MeshgateError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { TLS_SERVER_OPTIONS } from '../tenancy/tenant.js';
+import { tlsServerOptions } from './tls-profile.js';
 import { endRawResponse } from '../http/raw-response.js';
 import { createTokenBucket } from '../policy/token-bucket.js';
 import { createH1Exchange, createH2Exchange, createUpgradeExchange, type Exchange } from './exchange.js';
@@ -177,7 +177,7 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
   });
 
   const server = createTlsServer({
-    ...TLS_SERVER_OPTIONS,
+    ...tlsServerOptions(config.tls),
     cert: options.defaultCertificate.cert,
     key: options.defaultCertificate.key,
     ca: [],

@@ -4,7 +4,7 @@
  * is assembled here once per snapshot; what lives longer (the TLS context, JWKS sources, TokenReview
  * clients, the token cache) comes from the registry, reused while its inputs are unchanged.
  */
-import { constants as cryptoConstants, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { ClientCertificateTrust } from '../auth/client-cert.js';
 import type { Identity } from '../auth/identity.js';
@@ -13,39 +13,16 @@ import { createTokenVerifier, type TokenIssuer, type TokenVerifier } from '../au
 import { createTokenReviewer } from '../auth/token-review.js';
 import { createTokenCache } from '../auth/token-cache.js';
 import type { ConfigFiles } from '../config/files.js';
+import { tlsServerOptions } from '../listener/tls-profile.js';
 import type { ClusterConfig, Config, TenantConfig } from '../config/schema.js';
 import type { Generation, Lease, Owned } from './registry.js';
-
-/**
- * TLS session resumption is off everywhere. Node/OpenSSL resume a session made under one SNI on a
- * connection with another SNI, without verifying the client certificate against the second
- * tenant's CA (test/tls-isolation.test.ts shows it). Istio's agents do not resume sessions anyway.
- */
-export const TLS_SERVER_OPTIONS = {
-  minVersion: 'TLSv1.2',
-  secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
-  ciphers: [
-    // TLS 1.3: all three of its suites are AEAD with forward secrecy.
-    'TLS_AES_128_GCM_SHA256',
-    'TLS_AES_256_GCM_SHA384',
-    'TLS_CHACHA20_POLY1305_SHA256',
-    // TLS 1.2: ECDHE key exchange and AEAD only, as Istio's gateways and Mozilla's "intermediate"
-    // profile: no static-RSA key exchange (no forward secrecy), no CBC (LUCKY13), no DHE, no ARIA.
-    'ECDHE-ECDSA-AES128-GCM-SHA256',
-    'ECDHE-RSA-AES128-GCM-SHA256',
-    'ECDHE-ECDSA-AES256-GCM-SHA384',
-    'ECDHE-RSA-AES256-GCM-SHA384',
-    'ECDHE-ECDSA-CHACHA20-POLY1305',
-    'ECDHE-RSA-CHACHA20-POLY1305',
-  ].join(':'),
-  honorCipherOrder: true,
-} as const;
 
 export interface TenantCore {
   readonly id: string;
   readonly config: TenantConfig;
   readonly files: ConfigFiles;
-  readonly secureContext: SecureContext;
+  /** Its TLS context on each listener (server certificate, client CAs, the listener's TLS profile). */
+  readonly secureContexts: ReadonlyMap<string, SecureContext>;
   readonly certificates: ClientCertificateTrust;
   readonly clusters: ReadonlyMap<string, ClusterConfig>;
   readonly tokens: TokenVerifier;
@@ -82,18 +59,22 @@ export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): T
     use: (name, inputs, create) => env.generation.use(`${config.id}/${name}`, inputs, create),
   };
   const anchors: X509Certificate[] = config.tls.clientCA === undefined ? [] : files.certificates(config.tls.clientCA);
-  const tlsInputs = { cert: text(config.tls.cert), key: text(config.tls.key), ca: text(config.tls.clientCA) };
-  const secureContext = resources.use('tls', tlsInputs, () =>
-    plain(
-      createSecureContext({
-        ...TLS_SERVER_OPTIONS,
-        cert: tlsInputs.cert,
-        key: tlsInputs.key,
-        // An explicit list, even when empty: without `ca`, Node would trust its public roots.
-        ca: anchors.map((cert) => cert.toString()),
-      }),
-    ),
-  ).value;
+  const secureContexts = new Map<string, SecureContext>();
+  for (const [listener, { tls }] of Object.entries(env.config.listeners)) {
+    const tlsInputs = { cert: text(config.tls.cert), key: text(config.tls.key), ca: text(config.tls.clientCA), tls };
+    const context = resources.use(`tls/${listener}`, tlsInputs, () =>
+      plain(
+        createSecureContext({
+          ...tlsServerOptions(tls),
+          cert: tlsInputs.cert,
+          key: tlsInputs.key,
+          // An explicit list, even when empty: without `ca`, Node would trust its public roots.
+          ca: anchors.map((cert) => cert.toString()),
+        }),
+      ),
+    ).value;
+    secureContexts.set(listener, context);
+  }
 
   const { jwks: jwksSettings } = env.config.auth;
   const jwks = new Map<string, JwksSource>();
@@ -182,7 +163,7 @@ export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): T
     id: config.id,
     config,
     files,
-    secureContext,
+    secureContexts,
     certificates: { tenant: config.id, anchors },
     clusters: new Map(config.clusters.map((c) => [c.id, c])),
     tokens: createTokenVerifier({
