@@ -122,9 +122,16 @@ export async function forwardGrpc(exchange: H2Exchange, request: GrpcForwardRequ
     stream.on('wantTrailers', () => {
       if (trailers === undefined) {
         // The upstream ended without a status: that is not a clean end, and must not look like one.
-        trailers = grpcStatusHeaders(GRPC_STATUS.INTERNAL, 'MG_ERR_UPSTREAM_RESET: istiod ended the stream without a status');
-        grpcStatus = String(GRPC_STATUS.INTERNAL);
-        failure ??= new MeshgateError('MG_ERR_UPSTREAM_RESET', { detail: 'stream ended without trailers' });
+        // A lost connection is UNAVAILABLE, as gRPC says of a transport that closed (retry);
+        // a stream istiod ended on a live connection without a status is INTERNAL.
+        // rstCode is set once the stream has closed: undefined before, whatever its type says.
+        const rst = up.rstCode as number | undefined;
+        const lost = connectionLost(up) || (rst !== undefined && rst !== h2.NGHTTP2_NO_ERROR);
+        const code = lost ? GRPC_STATUS.UNAVAILABLE : GRPC_STATUS.INTERNAL;
+        const message = lost ? 'the connection to istiod was lost' : 'istiod ended the stream without a status';
+        trailers = grpcStatusHeaders(code, `MG_ERR_UPSTREAM_RESET: ${message}`);
+        grpcStatus = String(code);
+        failure ??= new MeshgateError('MG_ERR_UPSTREAM_RESET', { detail: message });
       }
       stream.sendTrailers(trailers);
     });
@@ -133,6 +140,11 @@ export async function forwardGrpc(exchange: H2Exchange, request: GrpcForwardRequ
     up.on('close', () => {
       const code = up.rstCode;
       if (code === h2.NGHTTP2_NO_ERROR || stream.closed || stream.destroyed) return;
+      // A stream closed because its connection died was not reset by istiod: UNAVAILABLE (retry).
+      if (connectionLost(up)) {
+        endWith(GRPC_STATUS.UNAVAILABLE, 'MG_ERR_UPSTREAM_RESET: the connection to istiod was lost', new MeshgateError('MG_ERR_UPSTREAM_RESET', { detail: 'connection lost' }));
+        return;
+      }
       const status = statusOfReset(code);
       endWith(status, `MG_ERR_UPSTREAM_RESET: istiod reset the stream (HTTP/2 code ${code})`, new MeshgateError('MG_ERR_UPSTREAM_RESET', { detail: `RST_STREAM ${code}` }));
     });
@@ -149,4 +161,10 @@ export async function forwardGrpc(exchange: H2Exchange, request: GrpcForwardRequ
       endWith(code, message, new MeshgateError('MG_ERR_SHUTTING_DOWN'));
     });
   });
+}
+
+/** Whether an upstream stream ended because its whole connection did (not by istiod's choice). */
+function connectionLost(stream: ClientHttp2Stream): boolean {
+  const session = stream.session;
+  return session === undefined || session.destroyed || session.closed;
 }
