@@ -34,7 +34,13 @@ export function parseConfig(text: string, source = 'config', overlay?: TenantOve
       doc.errors.map((e) => ({ path: [], message: e.message.split('\n')[0] ?? e.message })),
     );
   }
-  const raw: unknown = doc.toJS();
+  let raw: unknown;
+  try {
+    // An alias to no anchor, or too many aliases (a "billion laughs"), fails only here.
+    raw = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    throw new ConfigError(source, [{ path: [], message: err instanceof Error ? err.message : String(err) }]);
+  }
   if (isRecord(raw) && raw.tenantSource !== undefined && raw.tenants !== undefined) {
     throw new ConfigError(source, [{ path: ['tenants'], message: 'with tenantSource.kubernetes, tenants come from MeshTenant resources: leave "tenants" out' }]);
   }

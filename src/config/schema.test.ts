@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { ConfigError, formatIssues } from './issues.js';
-import { parseConfig } from './load.js';
+import { loadConfigText, parseConfig } from './load.js';
 import { isLoopbackHost } from './schema.js';
 
 const tenant = (id: string, overrides: Record<string, unknown> = {}) => ({
@@ -194,5 +194,14 @@ describe('isLoopbackHost', () => {
     ['fe80::1', false],
   ])('%s → %s', (host, loopback) => {
     expect(isLoopbackHost(host)).toBe(loopback);
+  });
+});
+
+describe('YAML that fails only when read', () => {
+  it.each([
+    ['an alias to no anchor', '*missing:\n'],
+    ['a billion laughs', ['a: &a [x, x, x, x, x, x, x, x, x, x]', ...Array.from({ length: 8 }, (_, i) => `${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [${Array(10).fill(`*${String.fromCharCode(97 + i)}`).join(', ')}]`)].join('\n')],
+  ])('is a ConfigError, never a crash: %s', (_name, text) => {
+    expect(() => loadConfigText(text, '/nonexistent/meshgate.yaml')).toThrow(ConfigError);
   });
 });
