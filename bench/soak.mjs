@@ -48,7 +48,7 @@ original.reload = { pollInterval: '2s', drainTimeout: '20s' };
 const configFile = join(work, 'soak.yaml');
 let generation = 0;
 const writeConfig = (change) => {
-  const config = structuredClone(original);
+  const config = JSON.parse(JSON.stringify(original));
   change(config);
   writeFileSync(configFile, stringify(config));
 };
