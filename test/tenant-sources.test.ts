@@ -20,7 +20,7 @@ import { loadConfig } from '../src/config/load.js';
 import { startServing, type Serving } from '../src/gateway/serve.js';
 import { createCertificateAuthority, issueCertificate } from '../src/pki/certificates.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
-import { MESH_TENANT, type MeshTenantCondition } from '../src/tenancy/mesh-tenant.js';
+import { MESH_TENANT, TENANT_LABEL, type MeshTenantCondition } from '../src/tenancy/mesh-tenant.js';
 import { ROOT, run, start } from './helpers/cli.js';
 import { adsClient, adsOnce, bearer, identifierOf, metadata, status, TYPE_URL, type AdsClient } from './helpers/grpc.js';
 import { keyOf, secretOf, toMeshTenant } from './helpers/mesh-tenants.js';
@@ -186,7 +186,7 @@ describe('MeshTenant resources on an API server', () => {
 
     // globex, as a MeshTenant whose files are keys of one Secret.
     const globex = toMeshTenant(tenants.find((t) => t.id === 'globex') ?? {}, 'globex-files');
-    await core.createNamespacedSecret({ namespace, body: secretOf('globex-files', globex.data) });
+    await core.createNamespacedSecret({ namespace, body: secretOf('globex-files', 'globex', globex.data) });
     await custom.createNamespacedCustomObject({ group: MESH_TENANT.group, version: MESH_TENANT.version, namespace, plural: MESH_TENANT.plural, body: globex.object });
 
     serving = await startServing(file, loadConfig(file), (load) => load(), { logger: silent() });
@@ -220,7 +220,7 @@ describe('MeshTenant resources on an API server', () => {
 
     const config = parse(readFileSync(sandbox.info.config, 'utf8')) as RawConfig;
     const acme = toMeshTenant(tenantIn(config, 'acme'), 'acme-files');
-    await core.createNamespacedSecret({ namespace, body: secretOf('acme-files', acme.data) });
+    await core.createNamespacedSecret({ namespace, body: secretOf('acme-files', 'acme', acme.data) });
     await custom.createNamespacedCustomObject({ group: MESH_TENANT.group, version: MESH_TENANT.version, namespace, plural: MESH_TENANT.plural, body: acme.object });
     // An invalid one: a host that globex already has, and a Secret that does not exist.
     const thief = structuredClone(acme.object);
@@ -228,6 +228,13 @@ describe('MeshTenant resources on an API server', () => {
     thief.spec.hosts = [tenantOf(sandbox, 'globex').host];
     thief.spec.tls.key = { secretKeyRef: { name: 'no-such-secret', key: 'tls.key' } };
     await custom.createNamespacedCustomObject({ group: MESH_TENANT.group, version: MESH_TENANT.version, namespace, plural: MESH_TENANT.plural, body: thief });
+    // And one that names globex's Secret for its own istiod token: the Secret is not its own.
+    const borrower = structuredClone(acme.object);
+    borrower.metadata = { name: 'borrower', namespace };
+    borrower.spec.hosts = ['borrower.meshgate.test'];
+    const globexKeys = Object.keys((await core.readNamespacedSecret({ name: 'globex-files', namespace })).data ?? {});
+    borrower.spec.istiod.xds.token.file = { secretKeyRef: { name: 'globex-files', key: globexKeys.find((k) => k.endsWith('.jwt')) ?? globexKeys[0] } };
+    await custom.createNamespacedCustomObject({ group: MESH_TENANT.group, version: MESH_TENANT.version, namespace, plural: MESH_TENANT.plural, body: borrower });
 
     const acmeAnswer = await eventually(async () => {
       const outcome = await adsOnce(ads(port(), 'acme'), metadata(bearer(tenantOf(sandbox, 'acme').tokens.xds)), { node: { id: 'a' }, type_url: TYPE_URL.cluster });
@@ -237,6 +244,8 @@ describe('MeshTenant resources on an API server', () => {
     const refused = await eventually(async () => ((await readyOf('thief'))?.status === 'False' ? readyOf('thief') : undefined));
     expect(refused).toMatchObject({ status: 'False', reason: 'Invalid' });
     expect(refused.message).toContain('Secret meshgate/no-such-secret does not exist');
+    const borrowed = await eventually(async () => ((await readyOf('borrower'))?.status === 'False' ? readyOf('borrower') : undefined));
+    expect(borrowed.message).toContain('Secret meshgate/globex-files is not labelled meshgate.dev/tenant: borrower');
     expect(serving?.gateway.current().tenants.map((t) => t.id).sort()).toEqual(['acme', 'globex']);
     expect(await stream.ask('sidecar~g2')).toMatchObject({ tenant: 'globex' });
     stream.cancel();
@@ -253,7 +262,7 @@ describe('MeshTenant resources on an API server', () => {
     const { tls } = tenantIn(parse(readFileSync(sandbox.info.config, 'utf8')) as RawConfig, 'globex') as { tls: { cert: string; key: string } };
     data[keyOf(basename(tls.cert))] = Buffer.from(rotated.cert).toString('base64');
     data[keyOf(basename(tls.key))] = Buffer.from(rotated.key).toString('base64');
-    await core.replaceNamespacedSecret({ name: 'globex-files', namespace, body: secretOf('globex-files', data) });
+    await core.replaceNamespacedSecret({ name: 'globex-files', namespace, body: secretOf('globex-files', 'globex', data) });
 
     const trust = [readFileSync(sandbox.info.caFile, 'utf8'), ca.cert];
     const fingerprint = new X509Certificate(rotated.cert).fingerprint256;
@@ -280,7 +289,7 @@ describe('meshgate check --tenants', () => {
     const documents: RawConfig[] = [];
     for (const id of ['acme', 'globex'] as const) {
       const { object, data } = toMeshTenant(tenantIn(config, id), `${id}-files`);
-      documents.push({ apiVersion: 'v1', kind: 'Secret', metadata: { name: `${id}-files`, namespace: 'meshgate' }, data }, object);
+      documents.push({ apiVersion: 'v1', kind: 'Secret', metadata: { name: `${id}-files`, namespace: 'meshgate', labels: { [TENANT_LABEL]: id } }, data }, object);
     }
     // The sandbox's upstreams are on loopback: check against its settings.
     const base: RawConfig = { ...config, tenantSource: { kubernetes: { namespace: 'meshgate' } } };

@@ -90,10 +90,13 @@ function checkMeshTenants(tenantsFile: string, configFile: string | undefined): 
   const secrets = new Map(
     objects
       .filter((o) => o.kind === 'Secret')
-      .map((o) => [String((o.metadata as { name?: unknown } | undefined)?.name), secretData(o)] as const),
+      .map((o) => {
+        const metadata = (o.metadata ?? {}) as { name?: unknown; labels?: Record<string, string> };
+        return [String(metadata.name), { metadata: { labels: metadata.labels ?? {} }, data: secretData(o) }] as const;
+      }),
   );
   const namespace = tenants[0]?.metadata?.namespace ?? 'meshgate';
-  const reader = secretReader(namespace, (name) => (secrets.has(name) ? { data: secrets.get(name) ?? {} } : undefined));
+  const reader = (tenant: unknown) => secretReader(namespace, tenant, (name) => secrets.get(name));
   const source = configFile === undefined ? resolve('meshgate-defaults.yaml') : resolve(configFile);
   const text = configFile === undefined ? DEFAULT_CONFIG : readFileSync(source, 'utf8');
   if (tenants.length === 0) {

@@ -22,7 +22,8 @@ export interface LoadedConfig {
  */
 export interface TenantOverlay {
   readonly tenants: readonly unknown[];
-  readonly reader: FileReader;
+  /** The reader of one of these tenants' references (the file's own settings are read from disk). */
+  readonly reader: (tenant: unknown) => FileReader;
 }
 
 /** Parses and validates config text. File references are not read here. */
@@ -68,7 +69,9 @@ export function loadConfig(path: string, overlay?: TenantOverlay): LoadedConfig 
 /** As loadConfig, for config text that `source` names; relative file paths are read from its folder. */
 export function loadConfigText(text: string, source: string, overlay?: TenantOverlay): LoadedConfig {
   const parsed = parseConfig(text, source, overlay);
-  const { config, files, issues } = readConfigFiles(parsed, dirname(source), () => overlay?.reader ?? DISK);
+  const readerFor = (tenant: number | undefined): FileReader =>
+    tenant === undefined || overlay === undefined ? DISK : overlay.reader(overlay.tenants[tenant]);
+  const { config, files, issues } = readConfigFiles(parsed, dirname(source), readerFor);
   if (issues.length > 0) throw new ConfigError(source, issues);
   return { config: deepFreeze(config), files, source };
 }

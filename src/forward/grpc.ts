@@ -11,7 +11,7 @@
  * There is no request timeout: xDS streams live for as long as the sidecar does.
  */
 import { constants as h2, type ClientHttp2Stream, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
-import { MeshgateError, toMeshgateError } from '../errors.js';
+import { ERROR_CODES, MeshgateError, toMeshgateError, type ErrorCode } from '../errors.js';
 import { createMessageReader } from '../grpc/message-reader.js';
 import { grpcStatusHeaders, respondTrailersOnly, statusOfReset, GRPC_STATUS } from '../grpc/status.js';
 import type { H2Exchange } from '../listener/exchange.js';
@@ -158,13 +158,20 @@ export async function forwardGrpc(exchange: H2Exchange, request: GrpcForwardRequ
 
     request.onOpen?.((code, message) => {
       abort.abort();
-      endWith(code, message, new MeshgateError('MG_ERR_SHUTTING_DOWN'));
+      // The message starts with the reason's code (a drain, a removed tenant, a replaced pool).
+      const reason = message.split(':', 1)[0] ?? '';
+      endWith(code, message, new MeshgateError(isErrorCode(reason) ? reason : 'MG_ERR_SHUTTING_DOWN'));
     });
   });
 }
 
 /** Whether an upstream stream ended because its whole connection did (not by istiod's choice). */
 function connectionLost(stream: ClientHttp2Stream): boolean {
+  // `closed` alone is a graceful close (GOAWAY, a drain): its streams still run, and their resets are istiod's.
   const session = stream.session;
-  return session === undefined || session.destroyed || session.closed;
+  return session === undefined || session.destroyed;
+}
+
+function isErrorCode(text: string): text is ErrorCode {
+  return Object.hasOwn(ERROR_CODES, text);
 }

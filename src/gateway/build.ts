@@ -101,6 +101,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       if (reason !== 'replaced') logger.info({ resource: key, reason }, 'tenant resource closed');
       countResources();
     },
+    onError: (key, err) => logger.error({ resource: key, err }, 'a tenant resource failed to close'),
   });
   const countResources = (): void => {
     const { current, draining } = resources.stats();
@@ -118,6 +119,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
         version: version + 1,
         planes,
         generation,
+        listeners: loaded.config.listeners,
         onTokenCacheLookup: (hit) => metrics.tokenCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
         onTokenReview: (tenant, cluster, result) => metrics.tokenReviews.inc({ tenant, cluster, result }),
         onJwksLoad: (tenant, cluster, result, error) => {

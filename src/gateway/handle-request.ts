@@ -109,5 +109,12 @@ async function handle(
   if (!plane) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND');
   context.plane = plane.name;
   if (exchange.protocol === 'upgrade' && plane.upgrades !== true) throw new MeshgateError('MG_ERR_REQUEST_UPGRADE');
-  await plane.handle(context as RoutedContext, snapshot.planeState(context.tenant, plane.name));
+  const state = snapshot.planeState(context.tenant, plane.name);
+  // In the same turn as the snapshot was read: nothing it leases can have been closed yet.
+  const release = plane.hold?.(state);
+  try {
+    await plane.handle(context as RoutedContext, state);
+  } finally {
+    release?.();
+  }
 }

@@ -34,61 +34,87 @@ export async function startServing(
   options: { readonly logger?: Logger } = {},
 ): Promise<Serving | undefined> {
   const logger = options.logger ?? createLogger(base.config.logging.level);
-  let changed: (source: string, reason: string) => void = () => undefined;
+  // Changes that arrive before the gateway can take them are remembered, and applied once it can.
+  let missed: [string, string] | undefined;
+  let changed: (source: string, reason: string) => void = (source, reason) => (missed ??= [source, reason]);
   /** MeshTenants refused are counted in the gateway's metrics, once it exists; before, here. */
   const refusals: { early: number; metrics?: Gateway['metrics'] } = { early: 0 };
+  const sources: TenantSource[] = [];
   const kubernetesConfig = base.config.tenantSource?.kubernetes;
   let kubernetes: KubernetesSource | undefined;
-  if (kubernetesConfig) {
-    kubernetes = createKubernetesSource({
-      path,
-      config: kubernetesConfig,
-      kubeconfig: kubernetesConfig.kubeconfig === undefined ? undefined : resolve(dirname(path), kubernetesConfig.kubeconfig),
-      logger,
-      onInvalid: () => {
-        if (refusals.metrics) refusals.metrics.tenantSourceErrors.inc({ source: 'kubernetes' });
-        else refusals.early++;
-      },
-    });
-    await kubernetes.start({ onChange: (reason) => changed('kubernetes', reason) });
+  let serving: Gateway | undefined;
+  let addresses: GatewayAddresses;
+  try {
+    if (kubernetesConfig) {
+      kubernetes = createKubernetesSource({
+        path,
+        config: kubernetesConfig,
+        kubeconfig: kubernetesConfig.kubeconfig === undefined ? undefined : resolve(dirname(path), kubernetesConfig.kubeconfig),
+        logger,
+        onInvalid: () => {
+          if (refusals.metrics) refusals.metrics.tenantSourceErrors.inc({ source: 'kubernetes' });
+          else refusals.early++;
+        },
+      });
+      sources.push(kubernetes);
+      await kubernetes.start({ onChange: (reason) => changed('kubernetes', reason) });
+    }
+    // Watched from before the first load: an edit from here on is loaded, or seen as a change.
+    if (base.config.reload.watch) {
+      const file = createFileSource({
+        path,
+        // The files in use, on disk: a MeshTenant's Secret keys are the Kubernetes source's to watch.
+        files: () => (serving ? serving.current().files : base.files).paths().filter((p) => !p.startsWith('secret:')),
+        pollIntervalMs: base.config.reload.pollInterval,
+      });
+      sources.push(file);
+      await file.start({ onChange: (reason) => changed('file', reason) });
+    }
+    const loaded = loadOrReport(loadAll);
+    if (!loaded) {
+      for (const source of sources) source.close();
+      return undefined;
+    }
+    serving = buildGateway(loaded, { logger });
+    addresses = await serving.listen();
+  } catch (err) {
+    // Open watches would keep the process alive: close them, then fail.
+    for (const source of sources) source.close();
+    await serving?.close(0);
+    throw err;
   }
-  const loadAll = (): LoadedConfig => loadConfig(path, kubernetes?.overlay());
-  const loaded = loadOrReport(loadAll);
-  if (!loaded) {
-    kubernetes?.close();
-    return undefined;
-  }
-
-  const serving = buildGateway(loaded, { logger });
-  const { metrics } = serving;
+  const gateway = serving;
+  const { metrics } = gateway;
   refusals.metrics = metrics;
   if (refusals.early > 0) metrics.tenantSourceErrors.inc({ source: 'kubernetes' }, refusals.early);
-  const addresses = await serving.listen();
 
   changed = (source, reason) => {
+    // A new config file may change what MeshTenants are valid: judge them again first.
+    if (source === 'file') kubernetes?.refresh();
     try {
-      serving.reload(loadAll);
+      gateway.reload(loadAll);
       logger.info({ source, reason }, 'tenants reloaded');
     } catch (err) {
       metrics.tenantSourceErrors.inc({ source });
       logger.error({ source, reason, err: err instanceof ConfigError ? err.message : err }, 'config reload failed; keeping the config in use');
     }
   };
-  const sources: TenantSource[] = kubernetes ? [kubernetes] : [];
-  if (loaded.config.reload.watch) {
-    const file = createFileSource({
-      path,
-      // The files in use, on disk: a MeshTenant's Secret keys are the Kubernetes source's to watch.
-      files: () => serving.current().files.paths().filter((p) => !p.startsWith('secret:')),
-      pollIntervalMs: loaded.config.reload.pollInterval,
-    });
-    await file.start({ onChange: (reason) => changed('file', reason) });
-    sources.push(file);
+  if (missed) changed(...missed);
+
+  function loadAll(): LoadedConfig {
+    const next = loadConfig(path, kubernetes?.overlay());
+    // Where tenants come from is decided at start: a file that changed it would otherwise drop
+    // every tenant (or ignore every MeshTenant) on reload.
+    if (JSON.stringify(next.config.tenantSource ?? null) !== JSON.stringify(base.config.tenantSource ?? null)) {
+      throw new ConfigError(path, [{ path: ['tenantSource'], message: 'tenantSource is read at start only: restart meshgate to change it' }]);
+    }
+    return next;
   }
+
   const onHangup = (): void => changed('file', 'SIGHUP');
   process.on('SIGHUP', onHangup);
   return {
-    gateway: serving,
+    gateway,
     addresses,
     kubernetes,
     reload: (source, reason) => changed(source, reason),

@@ -223,7 +223,9 @@ const SUBJECT_KEY_IDENTIFIER = '2.5.29.14';
  */
 function buildAny(pair: PemKeyPair, options: BuildOptions, issuerKey: KeyObject): IssuedCertificate {
   const { asn1 } = forge;
-  const spki = asn1.fromDer(forge.util.createBuffer(createPublicKey(pair.publicKey).export({ type: 'spki', format: 'der' }).toString('binary')));
+  // decodeBitStrings off: an RSA key's bits are DER themselves, and must stay bytes here.
+  const fromDer = asn1.fromDer as unknown as (bytes: forge.util.ByteStringBuffer, options: { decodeBitStrings: boolean }) => forge.asn1.Asn1;
+  const spki = fromDer(forge.util.createBuffer(createPublicKey(pair.publicKey).export({ type: 'spki', format: 'der' }).toString('binary')), { decodeBitStrings: false });
   // The key identifier: SHA-1 of the subjectPublicKey bits (RFC 5280 §4.2.1.2, method 1).
   const keyBits = bytesOf((spki.value as forge.asn1.Asn1[])[1]).slice(1);
   const keyId = createHash('sha1').update(Buffer.from(keyBits, 'binary')).digest('binary');

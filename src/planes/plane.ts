@@ -50,6 +50,12 @@ export interface Plane<TenantState = unknown> {
    * Pools come from `tenant.resources`, never made here: a snapshot owns nothing to close.
    */
   build(tenant: TenantCore): TenantState | undefined;
+  /**
+   * Holds the registry resources a request of this plane runs on (its upstream pool), from the
+   * moment the snapshot is read until the request is over: a reload meanwhile cannot close them
+   * under it. Called in the same turn as the snapshot is read; returns the release.
+   */
+  hold?(state: TenantState | undefined): () => void;
   /** Handles one request: responds, or throws a MeshgateError for the renderer. */
   handle(context: RoutedContext, state: TenantState | undefined): Promise<void>;
   /** Whether it takes HTTP/1.1 `Upgrade` requests; other planes refuse them. */

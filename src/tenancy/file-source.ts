@@ -76,10 +76,12 @@ export function createFileSource(options: FileSourceOptions): TenantSource {
     if (closed || !events) return;
     const now = digest();
     if (now === seen) return;
+    // What was on disk when the reload began: a write during the reload differs from it, and is
+    // picked up next (by notification or timer) rather than taken as loaded.
     seen = now;
     events.onChange(reason);
-    // The config in use may name other files now.
-    seen = digest();
+    // The config in use may name other files now (a different set digests differently: one
+    // more reload, which changes nothing, then quiet).
     watchFolders();
   };
 

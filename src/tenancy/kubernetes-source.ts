@@ -30,6 +30,7 @@ import {
   byAge,
   MESH_TENANT,
   secretReader,
+  TENANT_LABEL,
   type MeshTenantCondition,
   type MeshTenantObject,
 } from './mesh-tenant.js';
@@ -51,6 +52,8 @@ export interface KubernetesSourceOptions {
 export interface KubernetesSource extends TenantSource {
   /** The MeshTenants in use, and the reader of their Secret keys. */
   overlay(): TenantOverlay;
+  /** Judges the MeshTenants again, against the config file as it is now (after the file changed). */
+  refresh(): void;
   /** The verdict on each MeshTenant, by name, as its status says it. */
   verdicts(): ReadonlyMap<string, MeshTenantCondition>;
 }
@@ -82,11 +85,15 @@ export function createKubernetesSource(options: KubernetesSourceOptions): Kubern
       }) as Promise<KubernetesListObject<MeshTenantObject & KubernetesObject>>,
     labelSelector,
   );
-  const secretInformer: Watched<V1Secret> = makeInformer(kc, `/api/v1/namespaces/${namespace}/secrets`, () =>
-    core.listNamespacedSecret({ namespace }),
+  // Only Secrets given to a tenant are cached: meshgate never holds the namespace's others.
+  const secretInformer: Watched<V1Secret> = makeInformer(
+    kc,
+    `/api/v1/namespaces/${namespace}/secrets`,
+    () => core.listNamespacedSecret({ namespace, labelSelector: TENANT_LABEL }),
+    TENANT_LABEL,
   );
 
-  const reader = secretReader(namespace, (name) => secretInformer.get(name, namespace));
+  const reader = (tenant: unknown) => secretReader(namespace, tenant, (name) => secretInformer.get(name, namespace));
   let inUse: Record<string, unknown>[] = [];
   /** The last valid form of each MeshTenant, and its generation. */
   const lastGood = new Map<string, { tenant: Record<string, unknown>; generation: number }>();
@@ -98,7 +105,12 @@ export function createKubernetesSource(options: KubernetesSourceOptions): Kubern
 
   const load = (tenants: readonly unknown[]): LoadedConfig => loadConfig(options.path, { tenants, reader });
 
+  /** Whether an informer has listed at least once: before, its cache is empty, not "no objects". */
+  const synced = (informer: object): boolean => (informer as { latestResourceVersion(): string }).latestResourceVersion() !== '';
+
   const recompute = (): void => {
+    // Judging MeshTenants against Secrets not yet listed would mark every one Invalid.
+    if (!synced(tenantInformer) || !synced(secretInformer)) return;
     const objects = [...tenantInformer.list(namespace)];
     const { accepted, problems } = admitMeshTenants(objects, load, lastGood);
     lastGood.clear();
@@ -193,11 +205,20 @@ export function createKubernetesSource(options: KubernetesSourceOptions): Kubern
       keepRunning('meshtenants', tenantInformer);
       keepRunning('secrets', secretInformer);
       await Promise.all([secretInformer.start(), tenantInformer.start()]);
+      // A list that failed is retried (keepRunning); tenants are judged once both have listed.
+      while (!closed && !(synced(tenantInformer) && synced(secretInformer))) await new Promise((resolve) => setTimeout(resolve, 200));
       recompute();
       events = handlers;
     },
     overlay: () => ({ tenants: inUse, reader }),
     verdicts: () => verdicts,
+    refresh() {
+      try {
+        recompute();
+      } catch (err) {
+        options.logger.error({ err: errorText(err) }, 'MeshTenants not judged again: the config file is at fault');
+      }
+    },
     close() {
       closed = true;
       clearTimeout(settle);

@@ -64,8 +64,22 @@ function convertRefs(value: unknown): unknown {
   return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, convertRefs(v)]));
 }
 
-/** Reads `secret:<name>/<key>` references from Secrets (base64 `data`), and refuses every other reference. */
-export function secretReader(namespace: string, secret: (name: string) => { readonly data?: Record<string, string> } | undefined): FileReader {
+/** The label that gives a Secret to one tenant: a MeshTenant may name only Secrets labelled with its own name. */
+export const TENANT_LABEL = 'meshgate.dev/tenant';
+
+export interface SecretLike {
+  readonly metadata?: { readonly labels?: Readonly<Record<string, string>> };
+  readonly data?: Record<string, string>;
+}
+
+/**
+ * Reads one tenant's `secret:<name>/<key>` references from Secrets (base64 `data`), and refuses
+ * every other reference: a path on meshgate's disk, and a Secret not labelled as this tenant's
+ * (`meshgate.dev/tenant: <name>`), so that no MeshTenant can send another tenant's credential
+ * anywhere, though they share a namespace.
+ */
+export function secretReader(namespace: string, tenant: unknown, secret: (name: string) => SecretLike | undefined): FileReader {
+  const id = typeof tenant === 'object' && tenant !== null ? (tenant as { id?: unknown }).id : undefined;
   return {
     resolve: (file) =>
       file.startsWith(SECRET_PREFIX)
@@ -75,6 +89,9 @@ export function secretReader(namespace: string, secret: (name: string) => { read
       const [name = '', key = ''] = reference.slice(SECRET_PREFIX.length).split('/');
       const found = secret(name);
       if (!found) throw new Error(`Secret ${namespace}/${name} does not exist`);
+      if (typeof id !== 'string' || found.metadata?.labels?.[TENANT_LABEL] !== id) {
+        throw new Error(`Secret ${namespace}/${name} is not labelled ${TENANT_LABEL}: ${String(id)}`);
+      }
       const value = found.data?.[key];
       if (value === undefined) throw new Error(`Secret ${namespace}/${name} has no key "${key}"`);
       return Buffer.from(value, 'base64').toString('utf8');

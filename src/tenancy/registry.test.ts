@@ -99,6 +99,17 @@ describe('resource registry', () => {
     third.commit();
   });
 
+  it('gives no new work to a closed resource, and reports a close that throws instead of throwing', () => {
+    const errors: string[] = [];
+    const registry = createResourceRegistry({ drainMs: () => 60_000, onError: (key) => errors.push(key) });
+    const first = registry.begin();
+    const lease = first.use('acme/pool', 1, () => ({ value: 1, close: () => { throw new Error('boom'); } }));
+    first.commit();
+    registry.begin().commit(); // acme removed: closed at once
+    expect(errors).toEqual(['acme/pool']);
+    expect(() => lease.hold()).toThrow(expect.objectContaining({ code: 'MG_ERR_UPSTREAM_REPLACED' }) as Error);
+  });
+
   it('refuses one key with two different inputs in one generation', () => {
     const registry = createResourceRegistry({ drainMs: () => 60_000 });
     const generation = registry.begin();

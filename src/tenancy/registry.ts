@@ -14,6 +14,7 @@
  * A snapshot never owns a socket; a failed build leaves the registry as it was.
  */
 import { hash } from 'node:crypto';
+import { MeshgateError } from '../errors.js';
 
 /** Why a resource is closed; its owner tells the work still on it. */
 export type CloseReason = 'replaced' | 'removed' | 'shutdown';
@@ -59,6 +60,8 @@ export interface RegistryOptions {
   /** How long a replaced resource may keep running the work it holds. */
   readonly drainMs: () => number;
   readonly onClose?: (key: string, reason: CloseReason | 'drained') => void;
+  /** A resource threw while closing: reported, never thrown (closes run from timers and commits). */
+  readonly onError?: (key: string, error: unknown) => void;
 }
 
 interface Entry {
@@ -82,9 +85,10 @@ export function createResourceRegistry(options: RegistryOptions): ResourceRegist
     draining.delete(entry);
     try {
       entry.owned.close(reason);
-    } finally {
-      options.onClose?.(entry.key, drained ? 'drained' : reason);
+    } catch (err) {
+      options.onError?.(entry.key, err);
     }
+    options.onClose?.(entry.key, drained ? 'drained' : reason);
   };
 
   const makeEntry = (key: string, fingerprint: string, owned: Owned<unknown>): Entry => {
@@ -97,6 +101,8 @@ export function createResourceRegistry(options: RegistryOptions): ResourceRegist
       lease: {
         value: owned.value,
         hold() {
+          // Work starts on a resource only while a snapshot leases it; a closed one takes none.
+          if (entry.state === 'closed') throw new MeshgateError('MG_ERR_UPSTREAM_REPLACED', { detail: `${key} is closed` });
           entry.holds++;
           let released = false;
           return () => {

@@ -29,6 +29,8 @@ export interface SnapshotOptions {
   readonly planes: readonly Plane[];
   /** The registry generation the snapshot's resources come from; the caller commits or aborts it. */
   readonly generation: Generation;
+  /** The listeners as started (a reload does not change them). */
+  readonly listeners: Config['listeners'];
   readonly onTokenCacheLookup?: TenantEnvironment['onTokenCacheLookup'];
   readonly onJwksLoad?: TenantEnvironment['onJwksLoad'];
   readonly onTokenReview?: TenantEnvironment['onTokenReview'];
@@ -41,6 +43,7 @@ export function buildSnapshot(loaded: LoadedConfig, options: SnapshotOptions): S
       files,
       config,
       generation: options.generation,
+      listeners: options.listeners,
       onTokenCacheLookup: options.onTokenCacheLookup,
       onJwksLoad: options.onJwksLoad,
       onTokenReview: options.onTokenReview,

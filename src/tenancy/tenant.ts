@@ -42,6 +42,8 @@ export interface TenantEnvironment {
   readonly files: ConfigFiles;
   readonly config: Config;
   readonly generation: Generation;
+  /** The listeners running, as started: a reload does not change them, so contexts are made for these. */
+  readonly listeners: Config['listeners'];
   readonly onTokenCacheLookup?: (hit: boolean) => void;
   readonly onJwksLoad?: (tenant: string, cluster: string, result: 'success' | 'failure', error?: unknown) => void;
   readonly onTokenReview?: (tenant: string, cluster: string, result: string) => void;
@@ -60,7 +62,7 @@ export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): T
   };
   const anchors: X509Certificate[] = config.tls.clientCA === undefined ? [] : files.certificates(config.tls.clientCA);
   const secureContexts = new Map<string, SecureContext>();
-  for (const [listener, { tls }] of Object.entries(env.config.listeners)) {
+  for (const [listener, { tls }] of Object.entries(env.listeners)) {
     const tlsInputs = { cert: text(config.tls.cert), key: text(config.tls.key), ca: text(config.tls.clientCA), tls };
     const context = resources.use(`tls/${listener}`, tlsInputs, () =>
       plain(
@@ -146,8 +148,17 @@ export function buildTenantCore(config: TenantConfig, env: TenantEnvironment): T
   // A cached identity was verified under this tenant's trust settings: when any of them changes
   // (a cluster, an issuer, a key file), the cache starts empty.
   const cacheInputs = {
-    clusters: config.clusters.map((c) => ({ id: c.id, issuer: c.issuer, jwks: c.jwks, file: text(c.jwks?.file), tokenReview: c.tokenReview })),
-    auth: env.config.auth,
+    clusters: config.clusters.map((c) => ({
+      id: c.id,
+      issuer: c.issuer,
+      jwks: c.jwks,
+      file: text(c.jwks?.file),
+      tokenReview: c.tokenReview,
+      // The API server that reviewed a cached token, for clusters that review.
+      reviewer: c.tokenReview === undefined ? undefined : { url: c.apiServer?.url, ca: text(c.apiServer?.ca) },
+    })),
+    clockTolerance: env.config.auth.clockTolerance,
+    tokenCache: env.config.auth.tokenCache,
   };
   const cache = resources.use('token-cache', cacheInputs, () =>
     plain(

@@ -2,15 +2,17 @@
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { V1ObjectMeta, V1Secret } from '@kubernetes/client-node';
-import { MESH_TENANT } from '../../src/tenancy/mesh-tenant.js';
+import { MESH_TENANT, TENANT_LABEL } from '../../src/tenancy/mesh-tenant.js';
 
 type RawConfig = Record<string, any>;
 
-export function secretOf(name: string, data: Record<string, string>, namespace = 'meshgate'): V1Secret {
+/** A Secret of one tenant's files, labelled as that tenant's (meshgate reads no other for it). */
+export function secretOf(name: string, tenant: string, data: Record<string, string>, namespace = 'meshgate'): V1Secret {
   const secret = new V1Secret();
   secret.metadata = new V1ObjectMeta();
   secret.metadata.name = name;
   secret.metadata.namespace = namespace;
+  secret.metadata.labels = { [TENANT_LABEL]: tenant };
   secret.data = data;
   return secret;
 }

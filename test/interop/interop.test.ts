@@ -13,6 +13,7 @@ import { parse, stringify } from 'yaml';
 import { createLogger } from '../../src/observability/logger.js';
 import { writeFile } from '../../src/sandbox/pki.js';
 import { createKubernetesSource } from '../../src/tenancy/kubernetes-source.js';
+import { TENANT_LABEL } from '../../src/tenancy/mesh-tenant.js';
 import { toMeshTenant } from '../helpers/mesh-tenants.js';
 import { istioctl, startAgent, startEcho, type Agent } from './harness/istio.js';
 import { binary, hasBinary, stopAll } from './harness/processes.js';
@@ -332,7 +333,7 @@ describe('MeshTenant resources on the real kube-apiserver (the provider cluster)
     // acme, as meshgate's own config has it, made a MeshTenant and a Secret of its files.
     const config = parse(readFileSync(topology.meshgate.configFile, 'utf8')) as { tenants: Record<string, any>[] };
     const acme = toMeshTenant(config.tenants.find((t) => t.id === 'acme') ?? {}, 'acme-files', namespace);
-    await provider.kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'acme-files', namespace }, data: acme.data }));
+    await provider.kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'acme-files', namespace, labels: { [TENANT_LABEL]: 'acme' } }, data: acme.data }));
     await provider.kubectl(['apply', '-f', '-'], JSON.stringify(acme.object));
     // One the API server's schema refuses (hosts is a list), and one only meshgate can judge (no such Secret).
     const malformed = { ...acme.object, metadata: { name: 'malformed', namespace }, spec: { ...acme.object.spec, hosts: 'acme.example' } };

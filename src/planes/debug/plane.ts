@@ -62,6 +62,8 @@ export function createDebugPlane(): Plane<DebugState> {
       };
     },
 
+    hold: (state) => state?.upstream.hold() ?? (() => undefined),
+
     async handle(context, state) {
       if (!state) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND', { message: 'this tenant has no debug plane' });
       const { exchange, target } = context;
@@ -80,19 +82,14 @@ export function createDebugPlane(): Plane<DebugState> {
         : state.ownToken;
       if (!credential) throw new MeshgateError('MG_ERR_AUTHN_REQUIRED', { message: 'debug endpoints need a bearer token' });
 
-      const release = state.upstream.hold();
-      try {
-        const result = await forwardHttp(exchange, {
-          upstream: state.upstream.value,
-          path: target.query === undefined ? target.path : `${target.path}?${target.query}`,
-          headers: outboundHeaders(exchange, { authorization: `Bearer ${credential.token}`, clusterid: credential.cluster }),
-          timeoutMs: state.settings.timeout,
-        });
-        context.upstreamStatus = result.status;
-        if (result.error) context.error = result.error;
-      } finally {
-        release();
-      }
+      const result = await forwardHttp(exchange, {
+        upstream: state.upstream.value,
+        path: target.query === undefined ? target.path : `${target.path}?${target.query}`,
+        headers: outboundHeaders(exchange, { authorization: `Bearer ${credential.token}`, clusterid: credential.cluster }),
+        timeoutMs: state.settings.timeout,
+      });
+      context.upstreamStatus = result.status;
+      if (result.error) context.error = result.error;
     },
   };
 }

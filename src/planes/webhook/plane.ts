@@ -71,6 +71,8 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
       };
     },
 
+    hold: (state) => state?.upstream.hold() ?? (() => undefined),
+
     async handle(context, state) {
       if (!state) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND', { message: 'this tenant has no webhook plane' });
       const { exchange, target, tenant } = context;
@@ -109,7 +111,6 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
         budgets: [state.bodyBudget, deps.bodyBudget],
         deadlineMs: remainingMs(),
       });
-      const hold = state.upstream.hold();
       try {
         const result = await forwardHttp(exchange, {
           upstream: state.upstream.value,
@@ -121,7 +122,6 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
         context.upstreamStatus = result.status;
         if (result.error) context.error = result.error;
       } finally {
-        hold();
         release();
       }
     },

@@ -137,6 +137,8 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       };
     },
 
+    hold: (state) => state?.pool.hold() ?? (() => undefined),
+
     async handle(context, state) {
       const { exchange, target } = context;
       if (exchange.protocol !== 'h2' || !isGrpcRequest(exchange) || exchange.method !== 'POST') throw NOT_GRPC();
@@ -172,7 +174,6 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       deps.onStream?.(state.tenant, 1);
       const started = performance.now();
       let terminate: ((code: number, message: string) => void) | undefined;
-      const release = state.pool.hold();
       const { pool, streams } = state.pool.value;
       try {
         const result = await forwardGrpc(exchange, {
@@ -189,7 +190,6 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
         context.grpcStatus = result.grpcStatus;
         if (result.error) context.error = result.error;
       } finally {
-        release();
         if (terminate) {
           open.delete(terminate);
           streams.delete(terminate);
