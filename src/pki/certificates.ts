@@ -274,6 +274,12 @@ function buildAny(pair: PemKeyPair, options: BuildOptions, issuerKey: KeyObject)
   return { cert: pem.replace(/\r\n/g, '\n'), key: pair.privateKey };
 }
 
+/** The subject key identifier of a PEM certificate, in hex; undefined when it has none. */
+export function subjectKeyIdentifier(pem: string): string | undefined {
+  const id = subjectKeyIdOf(tbsOf(pem));
+  return id === undefined ? undefined : Buffer.from(id, 'binary').toString('hex');
+}
+
 /** The TBSCertificate of a PEM certificate, whatever its key type. */
 function tbsOf(pem: string): forge.asn1.Asn1 {
   const der = new X509Certificate(pem).raw.toString('binary');
