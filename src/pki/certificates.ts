@@ -180,7 +180,8 @@ function build(pair: PemKeyPair, options: BuildOptions): IssuedCertificate {
   return buildAny(pair, options, issuerKey);
 }
 
-function buildRsa({ publicKey: publicPem, privateKey: privatePem }: PemKeyPair, options: BuildOptions): IssuedCertificate {
+/** A certificate with its key, a random positive serial, its validity and its subject: what both builders start from. */
+function newCertificate(publicPem: string, options: BuildOptions): forge.pki.Certificate {
   const cert = forge.pki.createCertificate();
   cert.publicKey = forge.pki.publicKeyFromPem(publicPem);
   // A positive serial: the top bit of the first byte clear.
@@ -191,6 +192,11 @@ function buildRsa({ publicKey: publicPem, privateKey: privatePem }: PemKeyPair, 
   cert.validity.notBefore = new Date(now - 5 * 60_000);
   cert.validity.notAfter = new Date(now + options.validityDays * DAY_MS);
   cert.setSubject(options.subject);
+  return cert;
+}
+
+function buildRsa({ publicKey: publicPem, privateKey: privatePem }: PemKeyPair, options: BuildOptions): IssuedCertificate {
+  const cert = newCertificate(publicPem, options);
 
   let signingKey = privatePem;
   if (options.issuer) {
@@ -230,15 +236,7 @@ function buildAny(pair: PemKeyPair, options: BuildOptions, issuerKey: KeyObject)
   const keyBits = bytesOf((spki.value as forge.asn1.Asn1[])[1]).slice(1);
   const keyId = createHash('sha1').update(Buffer.from(keyBits, 'binary')).digest('binary');
 
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(standInRsaKey());
-  const serial = randomBytes(16);
-  serial[0] = (serial[0] ?? 0) & 0x7f;
-  cert.serialNumber = serial.toString('hex');
-  const now = Date.now();
-  cert.validity.notBefore = new Date(now - 5 * 60_000);
-  cert.validity.notAfter = new Date(now + options.validityDays * DAY_MS);
-  cert.setSubject(options.subject);
+  const cert = newCertificate(standInRsaKey(), options);
   cert.setIssuer(options.subject);
   const issuerTbs = options.issuer ? tbsOf(options.issuer.cert) : undefined;
   const authorityKeyId = issuerTbs ? subjectKeyIdOf(issuerTbs) : keyId;
