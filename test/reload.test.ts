@@ -12,14 +12,13 @@ import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import type { StatusObject } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { loadConfig } from '../src/config/load.js';
 import { buildGateway, type Gateway } from '../src/gateway/build.js';
 import { createCertificateAuthority, issueCertificate } from '../src/pki/certificates.js';
 import { startSandbox, type Sandbox } from '../src/sandbox/sandbox.js';
-import { adsClient, adsOnce, bearer, identifierOf, metadata, status, TYPE_URL, type AdsClient } from './helpers/grpc.js';
+import { adsClient, adsOnce, bearer, holdAdsStream, metadata, status, TYPE_URL, type AdsClient, type HeldStream } from './helpers/grpc.js';
 import { silent, tenantOf } from './helpers/sandbox.js';
 
 type TenantId = 'acme' | 'globex';
@@ -79,33 +78,13 @@ afterAll(() => {
   for (const client of clients) client.close();
 });
 
-/** An ADS stream held open: each `ask` is answered by the tenant's istiod on the same stream. */
-interface HeldStream {
-  ask(id: string): Promise<Record<string, unknown>>;
-  readonly ended: Promise<StatusObject>;
-  cancel(): void;
-}
 
 function holdStream(subject: Subject, tenant: TenantId): HeldStream {
   const info = tenantOf(sandbox, tenant);
   // A client of its own: a connection, and a TLS handshake, of its own.
   const client = adsClient({ port: subject.port('xds'), host: info.host, ca: sandbox.info.caFile, channel: { 'grpc.use_local_subchannel_pool': 1 } });
   clients.push(client);
-  const call = client.StreamAggregatedResources(metadata(bearer(info.tokens.xds)));
-  call.on('error', () => undefined);
-  const ended = new Promise<StatusObject>((resolve) => call.on('status', resolve));
-  return {
-    ended,
-    cancel: () => call.cancel(),
-    ask: (id) =>
-      Promise.race([
-        new Promise<Record<string, unknown>>((resolve) => {
-          call.once('data', (response) => resolve(identifierOf(response as never)));
-          call.write({ node: { id }, type_url: TYPE_URL.cluster });
-        }),
-        ended.then((s) => Promise.reject(new Error(`the stream ended: ${s.code} ${s.details}`))),
-      ]),
-  };
+  return holdAdsStream(client, metadata(bearer(info.tokens.xds)));
 }
 
 /** A kube watch held open over HTTP/1.1: counts the events it gets, and tells when it ends. */

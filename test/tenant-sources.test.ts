@@ -12,7 +12,6 @@ import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
-import type { StatusObject } from '@grpc/grpc-js';
 import { CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
@@ -22,7 +21,7 @@ import { createCertificateAuthority, issueCertificate } from '../src/pki/certifi
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { MESH_TENANT, TENANT_LABEL, type MeshTenantCondition } from '../src/tenancy/mesh-tenant.js';
 import { ROOT, run, start } from './helpers/cli.js';
-import { adsClient, adsOnce, bearer, identifierOf, metadata, status, TYPE_URL, type AdsClient } from './helpers/grpc.js';
+import { adsClient, adsOnce, bearer, holdAdsStream, identifierOf, metadata, status, TYPE_URL, type AdsClient, type HeldStream } from './helpers/grpc.js';
 import { keyOf, secretOf, toMeshTenant } from './helpers/mesh-tenants.js';
 import { silent, startTestSandbox, tenantOf } from './helpers/sandbox.js';
 
@@ -47,25 +46,11 @@ function ads(port: number, tenant: TenantId): AdsClient {
 }
 
 /** An ADS stream held open, asked again whenever the test wants to know it still works. */
-function holdStream(port: number, tenant: TenantId, ca = sandbox.info.caFile) {
+function holdStream(port: number, tenant: TenantId, ca = sandbox.info.caFile): HeldStream {
   const info = tenantOf(sandbox, tenant);
   const client = adsClient({ port, host: info.host, ca, channel: { 'grpc.use_local_subchannel_pool': 1 } });
   clients.push(client);
-  const call = client.StreamAggregatedResources(metadata(bearer(info.tokens.xds)));
-  call.on('error', () => undefined);
-  const ended = new Promise<StatusObject>((resolve) => call.on('status', resolve));
-  return {
-    ended,
-    cancel: () => call.cancel(),
-    ask: (id: string) =>
-      Promise.race([
-        new Promise<Record<string, unknown>>((resolve) => {
-          call.once('data', (response) => resolve(identifierOf(response as never)));
-          call.write({ node: { id }, type_url: TYPE_URL.cluster });
-        }),
-        ended.then((s) => Promise.reject(new Error(`the stream ended: ${s.code} ${s.details}`))),
-      ]),
-  };
+  return holdAdsStream(client, metadata(bearer(info.tokens.xds)));
 }
 
 function servedCertificate(port: number, servername: string, ca: string[]): Promise<string> {

@@ -122,6 +122,32 @@ export function adsOnce(client: AdsClient, md: Metadata, request: object, { delt
   });
 }
 
+/** An ADS stream held open: each `ask` is answered on the same stream, until it ends. */
+export interface HeldStream {
+  ask(id: string): Promise<Record<string, unknown>>;
+  readonly ended: Promise<StatusObject>;
+  cancel(): void;
+}
+
+/** Opens an ADS stream on `client` with `md`, and keeps it open for the test to ask on. */
+export function holdAdsStream(client: AdsClient, md: Metadata): HeldStream {
+  const call = client.StreamAggregatedResources(md);
+  call.on('error', () => undefined);
+  const ended = new Promise<StatusObject>((resolve) => call.on('status', resolve));
+  return {
+    ended,
+    cancel: () => call.cancel(),
+    ask: (id) =>
+      Promise.race([
+        new Promise<Record<string, unknown>>((resolve) => {
+          call.once('data', (response: DiscoveryResponse) => resolve(identifierOf(response)));
+          call.write({ node: { id }, type_url: TYPE_URL.cluster });
+        }),
+        ended.then((s) => Promise.reject(new Error(`the stream ended: ${s.code} ${s.details}`))),
+      ]),
+  };
+}
+
 export function identifierOf(response: DiscoveryResponse | undefined): Record<string, unknown> {
   return JSON.parse(response?.control_plane?.identifier ?? '{}') as Record<string, unknown>;
 }
