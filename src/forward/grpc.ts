@@ -15,10 +15,10 @@ import { ERROR_CODES, MeshgateError, toMeshgateError, type ErrorCode } from '../
 import { createMessageReader } from '../grpc/message-reader.js';
 import { grpcStatusHeaders, respondTrailersOnly, statusOfReset, GRPC_STATUS } from '../grpc/status.js';
 import type { H2Exchange } from '../listener/exchange.js';
-import type { GrpcPool } from './grpc-pool.js';
+import type { H2Pool } from './h2-pool.js';
 
 export interface GrpcForwardRequest {
-  readonly pool: GrpcPool;
+  readonly pool: H2Pool;
   /** The complete outbound headers, pseudo-headers included. */
   readonly headers: OutgoingHttpHeaders;
   readonly onBytes?: (direction: 'toUpstream' | 'toClient', bytes: number) => void;

@@ -1,21 +1,21 @@
 /**
- * Forwarding an HTTP request to an HTTP/1.1 upstream. Chosen by the inbound protocol:
- *  - HTTP/1.1 in: http-proxy-3. Outbound headers are put on `req.headers` before `proxy.web()`,
- *    never in a `proxyReq` handler, which http-proxy skips when the request has `Expect:`.
- *  - HTTP/2 in: a request of our own per stream, its answer piped back to the stream.
- * Either way: one deadline for the whole exchange, errors before the response headers become a
- * MeshgateError for the plane to render, and a failure after them cuts the response off so it can
- * never look complete.
+ * Forwarding an HTTP request upstream, whatever the two sides speak:
+ *  - in: HTTP/1.1 (a ServerResponse) or an HTTP/2 stream;
+ *  - out: an HTTP/2 stream on the upstream's pool when it offers h2 (istiod's webhook port, a
+ *    mesh API server), otherwise a request on its HTTP/1.1 keep-alive agent.
+ * Either way: one deadline for the whole exchange; errors before the response headers become a
+ * MeshgateError for the plane to render; a failure after them cuts the response off so that it
+ * can never look complete; a client that leaves cancels the upstream request.
  */
-import type { IncomingHttpHeaders, OutgoingHttpHeaders, ClientRequest } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import { request as httpRequest } from 'node:http';
+import { constants as h2, type ClientHttp2Stream } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
-import { constants as h2 } from 'node:http2';
-import { Readable } from 'node:stream';
-import { createProxyServer } from 'http-proxy-3';
+import type { Readable, Writable } from 'node:stream';
 import { MeshgateError } from '../errors.js';
-import type { Exchange, H1Exchange, H2Exchange } from '../listener/exchange.js';
 import { isHopByHopResponseHeader } from '../http/headers.js';
+import type { Exchange, H1Exchange, H2Exchange } from '../listener/exchange.js';
+import { Http1Only } from './h2-pool.js';
 import { classifyUpstreamError, type HttpUpstream } from './upstream.js';
 
 export interface ForwardRequest {
@@ -48,189 +48,222 @@ export interface ForwardResult {
   readonly error?: MeshgateError;
 }
 
+/** One request in flight upstream, over either protocol. */
+interface Outbound {
+  /** Where the request body goes. */
+  readonly body: Writable;
+  /** Whether the upstream's answer arrived whole. */
+  complete(): boolean;
+  /** Abandons the request: RST_STREAM(CANCEL), or the HTTP/1.1 connection closed. */
+  cancel(): void;
+}
+
+interface UpstreamAnswer {
+  readonly status: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: Readable;
+}
+
+interface OutboundHandlers {
+  readonly response: (answer: UpstreamAnswer) => void;
+  readonly error: (err: unknown) => void;
+  /** The answer's body ended early (reset, or the connection died). */
+  readonly cut: () => void;
+}
+
 /** Forwards the exchange; resolves when it is over. Rejects (nothing sent yet) for the plane to render. */
 export function forwardHttp(exchange: Exchange, request: ForwardRequest): Promise<ForwardResult> {
   if (exchange.protocol === 'upgrade') return Promise.reject(new MeshgateError('MG_ERR_REQUEST_UPGRADE'));
-  return exchange.protocol === 'h2' ? forwardH2(exchange, request) : forwardH1(exchange, request);
-}
-
-/** A deadline, or none. */
-function startTimer(ms: number | undefined, onTimeout: () => void): NodeJS.Timeout | undefined {
-  return ms === undefined ? undefined : setTimeout(onTimeout, ms);
-}
-
-const proxy = createProxyServer({ xfwd: false, changeOrigin: true, secure: true, ws: false, prependPath: true });
-/**
- * By inbound request: who learns of its outbound request (so that a deadline can cancel it), and
- * of the upstream's response status.
- */
-const inFlight = new WeakMap<
-  object,
-  { onProxyReq: (proxyReq: ClientRequest) => void; onResponse?: ((status: number) => void) | undefined; streaming: boolean }
->();
-proxy.on('proxyReq', (proxyReq, req) => inFlight.get(req)?.onProxyReq(proxyReq));
-// The upstream's hop-by-hop headers stay on its hop. And the client's own choice decides whether
-// the connection stays open: without a `connection` here, http-proxy would copy the request's
-// (already removed) one and fall back to an explicit keep-alive that overrides `Connection: close`.
-proxy.on('proxyRes', (proxyRes, req, res) => {
-  for (const name of Object.keys(proxyRes.headers)) {
-    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete -- removing by computed name is the point
-    if (isHopByHopResponseHeader(name)) delete proxyRes.headers[name];
-  }
-  proxyRes.headers.connection = res.shouldKeepAlive ? 'keep-alive' : 'close';
-  const record = inFlight.get(req);
-  record?.onResponse?.(proxyRes.statusCode ?? 0);
-  // http-proxy copies status and headers onto `res` right after this event, in the same turn, and
-  // then pipes the body: by the next microtask the head is complete and can go out on its own.
-  if (record?.streaming === true) {
-    queueMicrotask(() => {
-      if (!res.headersSent && !res.destroyed) res.flushHeaders();
-    });
-  }
-  // http-proxy pipes the response, and a pipe does not pass on errors: an upstream that dies
-  // mid-body would leave the client waiting forever for the rest. Cut the client off instead.
-  proxyRes.once('close', () => {
-    if (!proxyRes.complete) res.destroy();
-  });
-});
-// Errors reach each request's callback; this listener only keeps a stray one from crashing the process.
-proxy.on('error', () => undefined);
-
-function forwardH1(exchange: H1Exchange, request: ForwardRequest): Promise<ForwardResult> {
-  const { req, res } = exchange;
-  replaceHeaders(req.headers, request.headers);
-  req.url = request.path;
+  const sink = exchange.protocol === 'h2' ? h2Sink(exchange) : h1Sink(exchange);
 
   return new Promise((resolve, reject) => {
-    // Made only when the deadline passes: an Error captures a stack, which costs on every request.
-    let timeout: MeshgateError | undefined;
-    const timeoutError = (): MeshgateError =>
-      (timeout ??= new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${request.timeoutMs} ms` }));
-    let timedOut = false;
-    let upstreamReq: ClientRequest | undefined;
+    let outbound: Outbound | undefined;
     let failure: MeshgateError | undefined;
     let rejected = false;
-
-    const timer = startTimer(request.timeoutMs, () => {
-      timedOut = true;
-      if (upstreamReq) upstreamReq.destroy(timeoutError());
-      else fail(timeoutError());
-    });
-    inFlight.set(req, {
-      onProxyReq: (proxyReq) => {
-        upstreamReq = proxyReq;
-        if (timedOut) proxyReq.destroy(timeoutError());
-      },
-      onResponse: request.onResponse,
-      streaming: request.streaming === true,
-    });
+    let over = false;
 
     const fail = (error: MeshgateError): void => {
       failure ??= error;
-      if (!res.headersSent && !rejected) {
+      outbound?.cancel();
+      if (!exchange.headersSent && !rejected && !over) {
         rejected = true;
-        upstreamReq?.destroy();
+        clearTimeout(timer);
         reject(error);
       } else {
-        res.destroy();
+        exchange.abort();
       }
     };
-    res.once('close', () => {
+    // Made only when the deadline passes: an Error captures a stack, which costs on every request.
+    const timer =
+      request.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            fail(new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${String(request.timeoutMs)} ms` }));
+          }, request.timeoutMs);
+
+    exchange.onClose(() => {
+      over = true;
       clearTimeout(timer);
-      inFlight.delete(req);
-      if (!rejected) resolve(failure ? { status: res.statusCode, error: failure } : { status: res.statusCode });
+      // The client went away (or was cut off) before the answer ended: drop the upstream request
+      // too, or its connection would stay out of the pool, paused, for good.
+      if (outbound && !outbound.complete()) outbound.cancel();
+      if (!rejected) resolve(failure ? { status: exchange.status ?? 0, error: failure } : { status: exchange.status ?? 0 });
     });
 
-    proxy.web(
-      req,
-      res,
-      {
-        target: request.upstream.origin,
-        agent: request.upstream.agent,
-        // Without `buffer`, http-proxy pipes the request itself, as it arrives.
-        ...(request.body === 'stream' ? {} : { buffer: Readable.from(request.body ? [request.body] : []) }),
+    const handlers: OutboundHandlers = {
+      response(answer) {
+        request.onResponse?.(answer.status);
+        if (over) {
+          answer.body.resume();
+          return;
+        }
+        try {
+          sink.head(answer.status, responseHeaders(answer.headers), request.streaming === true);
+        } catch (err) {
+          // A header the client's protocol refuses: a bad answer from upstream, never a crash.
+          answer.body.resume();
+          fail(new MeshgateError('MG_ERR_UPSTREAM_RESET', { message: 'upstream answered with headers the client protocol cannot carry', cause: err }));
+          return;
+        }
+        answer.body.pipe(sink.body);
       },
-      (err) => fail(timedOut ? timeoutError() : classifyUpstreamError(err)),
+      error: (err) => fail(classifyUpstreamError(err)),
+      cut: () => {
+        failure ??= new MeshgateError('MG_ERR_UPSTREAM_RESET', { detail: 'the answer was cut short' });
+        exchange.abort();
+      },
+    };
+
+    const send = (call: Outbound): void => {
+      outbound = call;
+      if (over) {
+        call.cancel();
+        return;
+      }
+      if (request.body === 'stream') exchange.body.pipe(call.body);
+      else call.body.end(request.body);
+    };
+
+    const { h2: pool } = request.upstream;
+    if (pool === undefined || pool.protocol === 'http/1.1') {
+      send(openHttp1(exchange.method, request, handlers));
+      return;
+    }
+    const abort = new AbortController();
+    pool.open(h2RequestHeaders(exchange.method, request, pool.authority), { endStream: request.body === undefined, signal: abort.signal }).then(
+      (stream) => send(openHttp2(stream, handlers)),
+      (err: unknown) => {
+        if (err instanceof Http1Only) send(openHttp1(exchange.method, request, handlers));
+        else if (!over) fail(poolError(err));
+      },
     );
+    exchange.onClose(() => abort.abort());
   });
 }
 
-function replaceHeaders(target: IncomingHttpHeaders, source: OutgoingHttpHeaders): void {
-  for (const name of Object.keys(target)) {
-    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete -- clearing the object in place
-    delete target[name];
-  }
-  for (const [name, value] of Object.entries(source)) {
-    if (value !== undefined) target[name] = typeof value === 'number' ? String(value) : value;
-  }
+/** A pool's UNAVAILABLE that a bad certificate caused is a TLS failure (502), as over HTTP/1.1. */
+function poolError(err: unknown): MeshgateError {
+  const error = classifyUpstreamError(err);
+  if (error.cause === undefined || error.cause === err) return error;
+  const cause = classifyUpstreamError(error.cause);
+  return cause.code === 'MG_ERR_UPSTREAM_TLS' ? cause : error;
 }
 
-function forwardH2(exchange: H2Exchange, request: ForwardRequest): Promise<ForwardResult> {
-  const { stream } = exchange;
+function openHttp1(method: string, request: ForwardRequest, on: OutboundHandlers): Outbound {
   const { origin, agent } = request.upstream;
   const send = origin.protocol === 'https:' ? httpsRequest : httpRequest;
-
-  return new Promise((resolve, reject) => {
-    let failure: MeshgateError | undefined;
-    let rejected = false;
-    const fail = (error: MeshgateError): void => {
-      failure ??= error;
-      upstreamReq.destroy();
-      if (!stream.headersSent && !rejected) {
-        rejected = true;
-        reject(error);
-      } else if (!stream.destroyed) {
-        stream.destroy(error);
-      }
-    };
-
-    const upstreamReq = send({
-      protocol: origin.protocol,
-      hostname: origin.hostname.replace(/^\[|\]$/g, ''),
-      port: origin.port,
-      method: exchange.method,
-      path: request.path,
-      headers: { ...request.headers, host: origin.host },
-      agent,
-    });
-    const timer = startTimer(request.timeoutMs, () => {
-      fail(new MeshgateError('MG_ERR_UPSTREAM_TIMEOUT', { detail: `no complete answer in ${String(request.timeoutMs)} ms` }));
-    });
-
-    let upstreamComplete = false;
-    upstreamReq.on('error', (err) => fail(classifyUpstreamError(err)));
-    upstreamReq.on('response', (upstreamRes) => {
-      upstreamRes.once('end', () => (upstreamComplete = true));
-      request.onResponse?.(upstreamRes.statusCode ?? 0);
-      if (stream.destroyed || stream.closed) {
-        upstreamRes.resume();
-        return;
-      }
-      const headers: OutgoingHttpHeaders = { [h2.HTTP2_HEADER_STATUS]: upstreamRes.statusCode ?? 502 };
-      for (const [name, value] of Object.entries(upstreamRes.headers)) {
-        if (!isHopByHopResponseHeader(name) && value !== undefined) headers[name] = value;
-      }
-      try {
-        stream.respond(headers);
-      } catch (err) {
-        // A header HTTP/2 refuses: a bad answer from istiod, never a crash of meshgate.
-        upstreamRes.resume();
-        fail(new MeshgateError('MG_ERR_UPSTREAM_RESET', { message: 'upstream answered with headers HTTP/2 cannot carry', cause: err }));
-        return;
-      }
-      upstreamRes.on('error', (err) => fail(classifyUpstreamError(err)));
-      upstreamRes.pipe(stream);
-    });
-    stream.once('close', () => {
-      clearTimeout(timer);
-      // The client went away (or was cut off) before istiod's answer ended: drop the upstream
-      // request too, or its socket would stay out of the pool, paused, for good.
-      if (!upstreamComplete) upstreamReq.destroy();
-      const status = exchange.status ?? 0;
-      if (!rejected) resolve(failure ? { status, error: failure } : { status });
-    });
-
-    if (request.body === 'stream') stream.pipe(upstreamReq);
-    else upstreamReq.end(request.body);
+  let response: IncomingMessage | undefined;
+  const req = send({
+    protocol: origin.protocol,
+    hostname: origin.hostname.replace(/^\[|\]$/g, ''),
+    port: origin.port,
+    method,
+    path: request.path,
+    headers: { ...request.headers, host: origin.host },
+    agent,
   });
+  req.on('error', on.error);
+  req.on('response', (res) => {
+    response = res;
+    res.on('error', on.error);
+    res.once('close', () => {
+      if (!res.complete) on.cut();
+    });
+    on.response({ status: res.statusCode ?? 502, headers: res.headers, body: res });
+  });
+  return {
+    body: req,
+    complete: () => response?.complete === true,
+    cancel: () => req.destroy(),
+  };
+}
+
+function openHttp2(stream: ClientHttp2Stream, on: OutboundHandlers): Outbound {
+  let ended = false;
+  stream.on('error', on.error);
+  stream.once('response', (headers) => {
+    const status = Number(headers[h2.HTTP2_HEADER_STATUS] ?? 502);
+    stream.once('end', () => (ended = true));
+    stream.once('close', () => {
+      if (!ended) on.cut();
+    });
+    on.response({ status, headers, body: stream });
+  });
+  return {
+    body: stream,
+    complete: () => ended,
+    cancel: () => {
+      if (!stream.closed) stream.close(h2.NGHTTP2_CANCEL);
+    },
+  };
+}
+
+/** Headers HTTP/2 forbids in a request (RFC 9113 §8.2.2), or that node:http2 sets itself. */
+const NOT_IN_H2_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te']);
+
+function h2RequestHeaders(method: string, request: ForwardRequest, authority: string): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {
+    [h2.HTTP2_HEADER_METHOD]: method,
+    [h2.HTTP2_HEADER_PATH]: request.path,
+    [h2.HTTP2_HEADER_SCHEME]: 'https',
+    [h2.HTTP2_HEADER_AUTHORITY]: authority,
+  };
+  for (const [name, value] of Object.entries(request.headers)) {
+    if (value !== undefined && !NOT_IN_H2_REQUEST.has(name)) out[name] = value;
+  }
+  return out;
+}
+
+/** The upstream's headers minus pseudo-headers and those of its hop. */
+function responseHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined && !name.startsWith(':') && !isHopByHopResponseHeader(name)) out[name] = value;
+  }
+  return out;
+}
+
+/** Where the upstream's answer goes: the client's response, in its protocol. */
+interface Sink {
+  head(status: number, headers: OutgoingHttpHeaders, flush: boolean): void;
+  readonly body: Writable;
+}
+
+function h1Sink({ res }: H1Exchange): Sink {
+  return {
+    head(status, headers, flush) {
+      res.writeHead(status, headers);
+      if (flush) res.flushHeaders();
+    },
+    body: res,
+  };
+}
+
+function h2Sink({ stream }: H2Exchange): Sink {
+  return {
+    head(status, headers) {
+      stream.respond({ ...headers, [h2.HTTP2_HEADER_STATUS]: status });
+    },
+    body: stream,
+  };
 }

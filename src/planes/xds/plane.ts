@@ -16,7 +16,7 @@ import type { TenantCore } from '../../tenancy/tenant.js';
 import type { Identity } from '../../auth/identity.js';
 import { ERROR_CODES, MeshgateError, type ErrorCode } from '../../errors.js';
 import { forwardGrpc } from '../../forward/grpc.js';
-import { createGrpcPool, type GrpcPool, type GrpcPoolEvents } from '../../forward/grpc-pool.js';
+import { createH2Pool, type H2Pool, type H2PoolEvents } from '../../forward/h2-pool.js';
 import { GRPC_STATUS, isGrpcContentType } from '../../grpc/status.js';
 import type { OutgoingHttpHeaders } from 'node:http2';
 import type { Exchange } from '../../listener/exchange.js';
@@ -42,7 +42,7 @@ export const XDS_METHODS: ReadonlyMap<string, 'sotw' | 'delta' | undefined> = ne
  * each stream with UNAVAILABLE and a message saying why: sidecars reconnect, and find out.
  */
 interface XdsPool {
-  readonly pool: GrpcPool;
+  readonly pool: H2Pool;
   readonly streams: Set<(code: number, message: string) => void>;
 }
 
@@ -65,7 +65,7 @@ export interface XdsState {
 }
 
 export interface XdsPlaneDeps {
-  readonly poolEvents?: (tenant: string) => GrpcPoolEvents;
+  readonly poolEvents?: (tenant: string) => H2PoolEvents;
   readonly onStream?: (tenant: string, delta: 1 | -1) => void;
   readonly onStreamEnd?: (tenant: string, seconds: number) => void;
   readonly onBytes?: (tenant: string, direction: 'toUpstream' | 'toClient', bytes: number) => void;
@@ -87,7 +87,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
     const { token: _token, ...connection } = upstream;
     const inputs = { connection, ca, allowLoopback: tenant.allowLoopbackUpstreams };
     return tenant.resources.use('xds/pool', inputs, () => {
-      const pool = createGrpcPool({
+      const pool = createH2Pool({
         config: upstream,
         ca,
         allowLoopback: tenant.allowLoopbackUpstreams,

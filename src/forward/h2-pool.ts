@@ -1,5 +1,6 @@
 /**
- * A tenant's HTTP/2 sessions to its istiod replicas (:15012), for the xDS plane.
+ * A pool of HTTP/2 sessions to one upstream of one tenant: its istiod replicas (:15012, the xDS
+ * plane; :15017, the webhook plane) or one mesh cluster's API server (the kube plane).
  *
  *  - Replicas come from the config (one URL, a list), or from the DNS of a headless Service,
  *    re-resolved periodically. A new stream goes to the replica with the fewest active streams.
@@ -12,28 +13,56 @@
  *    streams go elsewhere. istiod's 30-minute connection age never resets every stream at once.
  *  - A replica that cannot be reached is skipped for a backoff, and when none can be, a stream
  *    fails at once (UNAVAILABLE) rather than waiting.
- * Pools are per tenant: a session never carries two tenants' streams.
+ *  - With `http1Fallback`, TLS offers both `h2` and `http/1.1`; an upstream that picks HTTP/1.1
+ *    (or no ALPN at all) makes the pool say so (`protocol`), and `open` rejects with Http1Only
+ *    from then on, for the caller to use its HTTP/1.1 agent instead.
+ * Pools are per tenant (and per cluster): a session never carries two tenants' streams.
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { connect, type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders, type Settings } from 'node:http2';
 import { isIP } from 'node:net';
-import { isLoopbackHost, type XdsUpstreamConfig } from '../config/schema.js';
+import { connect as tlsConnect } from 'node:tls';
+import { isLoopbackHost } from '../config/schema.js';
 import { MeshgateError } from '../errors.js';
 import { refuseLoopback } from './upstream.js';
 
-export interface GrpcPoolEvents {
+export interface H2PoolEvents {
   /** The number of sessions to a replica changed. */
   readonly sessions?: (replica: string, count: number) => void;
   /** A replica sent GOAWAY on one of its sessions. */
   readonly goaway?: (replica: string) => void;
 }
 
-export interface GrpcPoolOptions {
-  readonly config: XdsUpstreamConfig;
-  /** PEM bundle istiod's certificate must chain to; system roots when absent. */
+/** Where the replicas are and how sessions to them behave: the xds upstream's settings. */
+export interface H2PoolConfig {
+  readonly url?: string | undefined;
+  readonly replicas?: readonly string[] | undefined;
+  readonly discovery: 'static' | 'dns';
+  readonly dnsRefreshInterval: number;
+  readonly serverName?: string | undefined;
+  readonly maxStreamsPerSession: number;
+  readonly keepaliveInterval: number;
+  readonly keepaliveTimeout: number;
+  readonly connectTimeout: number;
+}
+
+export interface H2PoolOptions {
+  readonly config: H2PoolConfig;
+  /** PEM bundle the upstream's certificate must chain to; system roots when absent. */
   readonly ca: string | undefined;
+  /** meshgate's own client certificate (PEM texts). */
+  readonly clientCertificate?: { readonly cert: string; readonly key: string } | undefined;
   readonly allowLoopback: boolean;
-  readonly events?: GrpcPoolEvents;
+  /** Offer HTTP/1.1 as well, and report an upstream that picks it (see Http1Only). */
+  readonly http1Fallback?: boolean;
+  readonly events?: H2PoolEvents;
+}
+
+/** The upstream does not speak HTTP/2: use HTTP/1.1. Never reaches a client. */
+export class Http1Only extends Error {
+  constructor() {
+    super('the upstream does not offer HTTP/2');
+  }
 }
 
 export interface ReplicaStats {
@@ -42,9 +71,11 @@ export interface ReplicaStats {
   readonly streams: number;
 }
 
-export interface GrpcPool {
-  /** The :authority streams should carry (istiod's name). */
+export interface H2Pool {
+  /** The :authority streams should carry (the upstream's name). */
   readonly authority: string;
+  /** What the upstream speaks, as far as is known: 'unknown' until a first session is up. */
+  readonly protocol: 'unknown' | 'h2' | 'http/1.1';
   open(headers: OutgoingHttpHeaders, options: { endStream: boolean; signal: AbortSignal }): Promise<ClientHttp2Stream>;
   stats(): ReplicaStats[];
   close(): void;
@@ -76,7 +107,7 @@ const SESSION_WINDOW = 16 * 1024 * 1024;
 const IDLE_SESSION_MS = 300_000;
 const MAX_BACKOFF_MS = 30_000;
 
-export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
+export function createH2Pool(options: H2PoolOptions): H2Pool {
   const { config } = options;
   const first = new URL(config.url ?? config.replicas?.[0] ?? '');
   const serverName = config.serverName ?? (isIP(first.hostname.replace(/^\[|\]$/g, '')) === 0 ? first.hostname : undefined);
@@ -84,6 +115,7 @@ export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
   const replicas = new Map<string, Replica>();
   let discovered: Promise<void> = Promise.resolve();
   let closed = false;
+  let protocol: H2Pool['protocol'] = 'unknown';
 
   const addReplica = (origin: string): void => {
     const key = new URL(origin).host;
@@ -145,18 +177,34 @@ export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
     pooled.idleTimer.unref();
   };
 
-  const fail = (replica: Replica): void => {
+  /** Why the last session failed: the cause given while every replica is backing off. */
+  let lastFailure: unknown;
+  const fail = (replica: Replica, err: unknown): void => {
+    lastFailure = err;
     replica.failures++;
     replica.failedUntil = Date.now() + Math.min(MAX_BACKOFF_MS, 250 * 2 ** Math.min(replica.failures, 8));
   };
 
   const openSession = (replica: Replica): PooledSession => {
     const replicaHost = new URL(replica.origin).hostname.replace(/^\[|\]$/g, '');
-    const session = connect(replica.origin, {
+    const tls = {
       ca: options.ca,
+      cert: options.clientCertificate?.cert,
+      key: options.clientCertificate?.key,
       servername: serverName,
-      rejectUnauthorized: true,
+      rejectUnauthorized: true as const,
       ...(options.allowLoopback || isIP(replicaHost) !== 0 ? {} : { lookup: refuseLoopback }),
+    };
+    const url = new URL(replica.origin);
+    const session = connect(replica.origin, {
+      ...tls,
+      // node:http2 offers only h2; to learn whether the upstream would rather speak HTTP/1.1,
+      // the TLS connection is ours, offering both.
+      ...(options.http1Fallback === true
+        ? {
+            createConnection: () => tlsConnect({ ...tls, host: replicaHost, port: Number(url.port || 443), ALPNProtocols: ['h2', 'http/1.1'] }),
+          }
+        : {}),
       settings: { enablePush: false, initialWindowSize: STREAM_WINDOW },
       maxSessionMemory: 64,
       // Until its SETTINGS arrive, assume the peer takes what we would send it.
@@ -178,21 +226,33 @@ export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
         });
         session.once('close', () => {
           clearTimeout(timer);
-          reject(new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { detail: 'session closed before it was ready' }));
+          reject(protocol === 'http/1.1' ? new Http1Only() : new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { detail: 'session closed before it was ready' }));
         });
         session.once('error', (err: Error) => {
           clearTimeout(timer);
-          reject(err);
+          reject(protocol === 'http/1.1' ? new Http1Only() : err);
         });
       }),
     };
     pooled.ready.then(
       () => {
+        protocol = 'h2';
         replica.failures = 0;
         session.setLocalWindowSize(SESSION_WINDOW);
       },
-      () => fail(replica),
+      (err: unknown) => {
+        if (!(err instanceof Http1Only)) fail(replica, err);
+      },
     );
+    if (options.http1Fallback === true) {
+      // The socket must not be touched before node:http2 has taken it; by 'connect' it has. An
+      // HTTP/1.1 server reads the preface already sent as a bad request, and is hung up on.
+      session.once('connect', () => {
+        if ((session.socket as { alpnProtocol?: string | false }).alpnProtocol === 'h2') return;
+        protocol = 'http/1.1';
+        session.destroy(new Http1Only());
+      });
+    }
     session.on('remoteSettings', (settings: Settings) => {
       pooled.limit = Math.min(config.maxStreamsPerSession, settings.maxConcurrentStreams ?? config.maxStreamsPerSession);
     });
@@ -228,7 +288,7 @@ export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
       if (best === undefined || replica.active < best.active) best = replica;
     }
     if (best === undefined) {
-      throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { message: 'no istiod replica is reachable' });
+      throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { message: 'no replica of the upstream is reachable', cause: lastFailure });
     }
     let pooled: PooledSession | undefined;
     for (const candidate of best.sessions) {
@@ -246,15 +306,19 @@ export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
 
   return {
     authority,
+    get protocol() {
+      return protocol;
+    },
     async open(headers, { endStream, signal }) {
       if (closed) throw new MeshgateError('MG_ERR_SHUTTING_DOWN');
+      if (protocol === 'http/1.1') throw new Http1Only();
       if (replicas.size === 0) {
         // Only the first resolution is waited for; later ones refresh in the background.
         await discovered.catch(() => undefined);
         // A resolution may have added replicas while this waited.
         // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
         if (replicas.size === 0) {
-          throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { detail: `${first.hostname} resolves to no istiod replica` });
+          throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { detail: `${first.hostname} resolves to no replica` });
         }
       }
       let lastError: unknown;
@@ -264,6 +328,7 @@ export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
           await pooled.ready;
         } catch (err) {
           release(pooled);
+          if (err instanceof Http1Only) throw err;
           lastError = err;
           continue;
         }
@@ -289,7 +354,7 @@ export function createGrpcPool(options: GrpcPoolOptions): GrpcPool {
         stream.once('close', () => release(pooled));
         return stream;
       }
-      throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { cause: lastError, detail: 'could not open a stream to istiod' });
+      throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { cause: lastError, detail: 'could not open a stream upstream' });
     },
     stats: () =>
       [...replicas.values()].map((r) => ({ replica: r.key, sessions: r.sessions.size, streams: r.active })),
