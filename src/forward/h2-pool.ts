@@ -88,6 +88,8 @@ interface Replica {
   active: number;
   failures: number;
   failedUntil: number;
+  /** The streams per session this replica last allowed (SETTINGS_MAX_CONCURRENT_STREAMS), once known. */
+  peerLimit: number | undefined;
   removed: boolean;
 }
 
@@ -124,7 +126,7 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       existing.removed = false;
       return;
     }
-    replicas.set(key, { key, origin, sessions: new Set(), active: 0, failures: 0, failedUntil: 0, removed: false });
+    replicas.set(key, { key, origin, sessions: new Set(), active: 0, failures: 0, failedUntil: 0, removed: false, peerLimit: undefined });
   };
 
   let dnsTimer: NodeJS.Timeout | undefined;
@@ -207,14 +209,15 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
         : {}),
       settings: { enablePush: false, initialWindowSize: STREAM_WINDOW },
       maxSessionMemory: 64,
-      // Until its SETTINGS arrive, assume the peer takes what we would send it.
-      peerMaxConcurrentStreams: config.maxStreamsPerSession,
+      // Until its SETTINGS arrive, assume the peer takes what it allowed last time, or what we
+      // would send it.
+      peerMaxConcurrentStreams: replica.peerLimit ?? config.maxStreamsPerSession,
     });
     const pooled: PooledSession = {
       session,
       replica,
       active: 0,
-      limit: config.maxStreamsPerSession,
+      limit: replica.peerLimit ?? config.maxStreamsPerSession,
       draining: false,
       ready: new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => {
@@ -255,6 +258,7 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
     }
     session.on('remoteSettings', (settings: Settings) => {
       pooled.limit = Math.min(config.maxStreamsPerSession, settings.maxConcurrentStreams ?? config.maxStreamsPerSession);
+      replica.peerLimit = pooled.limit;
     });
     session.on('error', () => undefined);
     session.on('goaway', () => {
