@@ -18,7 +18,8 @@
 //                 the tenant's kube rules and passes the token through; nginx and haproxy strip the
 //                 prefix and proxy. The node reference proxy has no kube route and sits it out.
 //
-// SCENARIOS=kube-list-h2 runs only the scenarios named (comma-separated).
+// SCENARIOS=kube-list-h2 runs only the scenarios named (comma-separated); TARGETS=nginx,meshgate
+// only the targets named; WORKERS=1,2 adds meshgate with 2 workers on both cores.
 //
 // meshgate authenticates every request (a bearer JWT, verified once then cached), checks it, logs
 // it, and verifies istiod's certificate; nginx and haproxy only terminate TLS and proxy. The
@@ -60,10 +61,20 @@ async function main() {
     'taskset', '-c', '0', process.execPath, join(ROOT, 'bench/reference/node-proxy.mjs'), String(PORTS.node), files.cert, files.key,
     `https://127.0.0.1:${PORTS.origin}`, `http://127.0.0.1:${PORTS.originHttp}`, files.ca, ISTIOD,
   ]);
-  const meshgate = start('meshgate', ['taskset', '-c', '0', process.execPath, ...nodeArgs, join(ROOT, 'dist/cli/main.js'), 'serve', '--config', files.config], {
+  const meshgate = start('meshgate', ['taskset', '-c', '0', process.execPath, ...nodeArgs, join(ROOT, 'dist/cli/main.js'), 'serve', '--config', files.config, '--workers', '1'], {
     log: join(WORK, 'meshgate.log'),
   });
-  await sleep(2500);
+  // WORKERS=1,2 also runs meshgate with 2 workers, free to use both cores (shared with h2load and
+  // the origin): the scaling from 1 to 2 workers, on a machine with 2 cores in all.
+  const workers = (process.env.WORKERS ?? '1').split(',').map(Number).filter((n) => n > 1);
+  const multi = workers.map((n, i) => ({
+    n,
+    port: PORTS.meshgate + 10 + i,
+    process: start(`meshgate-${n}w`, [process.execPath, ...nodeArgs, join(ROOT, 'dist/cli/main.js'), 'serve', '--config', files.configFor(PORTS.meshgate + 10 + i, PORTS.admin + 10 + i), '--workers', String(n)], {
+      log: join(WORK, `meshgate-${n}w.log`),
+    }),
+  }));
+  await sleep(2500 + 1500 * multi.length);
 
   const targets = [
     { name: 'direct', port: PORTS.direct, debugPort: PORTS.originHttp, pids: () => workerPids(origin) },
@@ -71,7 +82,11 @@ async function main() {
     { name: 'haproxy', port: PORTS.haproxy, pids: () => [haproxy.pid] },
     { name: 'node', port: PORTS.node, pids: () => [bare.pid] },
     { name: 'meshgate', port: PORTS.meshgate, pids: () => [meshgate.pid] },
+    ...multi.map((m) => ({ name: `meshgate-${m.n}w`, port: m.port, pids: () => [m.process.pid, ...workerPids(m.process)] })),
   ];
+  // TARGETS=nginx,meshgate runs only the targets named.
+  const onlyTargets = process.env.TARGETS?.split(',');
+  if (onlyTargets) targets.splice(0, targets.length, ...targets.filter((t) => onlyTargets.includes(t.name)));
   const only = process.env.SCENARIOS?.split(',');
   const scenarios = [
     { name: 'webhook-max', method: 'POST', path: '/inject/cluster/bench-main/net/network1?timeout=10s', rps: undefined },
@@ -203,13 +218,13 @@ async function prepare() {
     body: write('admission-review.json', JSON.stringify(review)),
     token: readFileSync(write('token', token, 0o600), 'utf8'),
   };
-  paths.config = write(
-    'meshgate.yaml',
-    `admin: { host: 127.0.0.1, port: ${PORTS.admin} }
+  paths.configFor = (port, admin) => write(
+    `meshgate-${port}.yaml`,
+    `admin: { host: 127.0.0.1, port: ${admin} }
 logging: { level: info }
 security: { allowLoopbackUpstreams: true }
 listeners:
-  bench: { host: 127.0.0.1, port: ${PORTS.meshgate}, planes: [webhook, debug, kube], maxConnections: 10000 }
+  bench: { host: 127.0.0.1, port: ${port}, planes: [webhook, debug, kube], maxConnections: 10000 }
 tenants:
   - id: bench
     hosts: [${HOST}]
@@ -228,6 +243,7 @@ tenants:
       kube: [{ method: token, allow: [{ verbs: [list], apiGroups: [''], resources: [pods] }] }]
 `,
   );
+  paths.config = paths.configFor(PORTS.meshgate, PORTS.admin);
   return paths;
 }
 

@@ -6,12 +6,12 @@
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { listen } from '../listener/listen.js';
-import type { Metrics } from '../observability/metrics.js';
 
 export interface AdminServerOptions {
   readonly host: string;
   readonly port: number;
-  readonly metrics: Metrics;
+  /** The Prometheus text: this process's registry, or every worker's merged. */
+  readonly metrics: { readonly contentType: string; text(): Promise<string> };
   readonly readiness: () => { ready: boolean; detail: Record<string, unknown> };
 }
 
@@ -29,9 +29,9 @@ export function createAdminServer(options: AdminServerOptions): AdminServer {
     }
     switch (path) {
       case '/metrics':
-        options.metrics.registry.metrics().then(
+        options.metrics.text().then(
           (text) => {
-            res.writeHead(200, { 'content-type': options.metrics.registry.contentType });
+            res.writeHead(200, { 'content-type': options.metrics.contentType });
             res.end(text);
           },
           () => json(res, 500, { status: 'metrics unavailable' }),

@@ -1,34 +1,52 @@
 /** `meshgate serve`, `meshgate check` and `meshgate crd`. */
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { parseAllDocuments, stringify } from 'yaml';
 import { ConfigError } from '../config/issues.js';
 import { loadConfig, loadConfigText, type LoadedConfig } from '../config/load.js';
 import { startServing } from '../gateway/serve.js';
+import { isWorker, reportServing, runPrimary } from '../gateway/workers.js';
+import { createLogger } from '../observability/logger.js';
 import { weaknesses } from '../listener/tls-profile.js';
 import { meshTenantCrd } from '../tenancy/crd.js';
 import { admitMeshTenants, MESH_TENANT, secretReader, type MeshTenantObject } from '../tenancy/mesh-tenant.js';
 import { parse, required } from './args.js';
 
-const SERVE_USAGE = 'usage: meshgate serve --config FILE [--drain-seconds N]';
+const SERVE_USAGE = 'usage: meshgate serve --config FILE [--drain-seconds N] [--workers N]';
 const CHECK_USAGE = 'usage: meshgate check --config FILE | --tenants MESHTENANTS.yaml [--config FILE]';
 
 export async function runServe(args: readonly string[]): Promise<number> {
   const values = parse(
     args,
-    { config: { type: 'string', short: 'c' }, 'drain-seconds': { type: 'string', default: '10' } },
+    {
+      config: { type: 'string', short: 'c' },
+      'drain-seconds': { type: 'string', default: '10' },
+      workers: { type: 'string', default: String(availableParallelism()) },
+    },
     SERVE_USAGE,
   );
   const path = resolve(required(values.config, '--config', SERVE_USAGE));
+  const workers = Number(values.workers);
+  if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
+    console.error(`--workers: a whole number from 1 to 256, not "${values.workers}"\n${SERVE_USAGE}`);
+    return 2;
+  }
+  const drainMs = Number(values['drain-seconds']) * 1000;
   const base = loadOrReport(() => loadConfig(path));
   if (!base) return 1;
 
-  const running = await startServing(path, base, loadOrReport);
+  if (workers > 1 && !isWorker()) {
+    const logger = createLogger(base.config.logging.level).child({ role: 'primary' });
+    return runPrimary({ workers, base, logger, drainMs });
+  }
+
+  const running = await startServing(path, base, loadOrReport, { worker: isWorker() });
   if (!running) return 1;
   const { gateway } = running;
   const { logger } = gateway;
+  if (isWorker()) reportServing(gateway.metrics.registry, running.addresses.listeners);
 
-  const drainMs = Number(values['drain-seconds']) * 1000;
   await new Promise<void>((resolveStop) => {
     const stop = (signal: string): void => {
       logger.info({ signal, drainMs }, 'draining');
@@ -36,11 +54,15 @@ export async function runServe(args: readonly string[]): Promise<number> {
     };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
+    // A worker whose primary is gone has no one to answer to.
+    if (isWorker()) process.once('disconnect', () => stop('disconnect'));
   });
   running.close();
   await gateway.close(Number.isFinite(drainMs) ? drainMs : 10_000);
   logger.info('stopped');
   logger.flush();
+  // The channel to the primary would keep a worker alive.
+  if (isWorker()) process.disconnect();
   return 0;
 }
 

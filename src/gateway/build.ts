@@ -24,6 +24,8 @@ export interface GatewayOptions {
   readonly logger?: Logger;
   /** Sum of request bodies buffered at once across all requests. */
   readonly bodyBudgetBytes?: number;
+  /** A worker of `serve --workers N`: no admin listener (the primary has it). */
+  readonly worker?: boolean;
 }
 
 export interface GatewayAddresses {
@@ -161,10 +163,10 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       logger,
     }),
   );
-  const admin = createAdminServer({
+  const admin = options.worker === true ? undefined : createAdminServer({
     host: loaded.config.admin.host,
     port: loaded.config.admin.port,
-    metrics,
+    metrics: { contentType: metrics.registry.contentType, text: () => metrics.registry.metrics() },
     readiness: () => ({ ready: listening, detail: { snapshot: snapshot.version, tenants: snapshot.tenants.length } }),
   });
 
@@ -178,12 +180,14 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     resources,
     current: () => snapshot,
     async listen() {
-      const adminAddress = await admin.listen();
+      const adminAddress = (await admin?.listen()) ?? { address: '', family: '', port: 0 };
       const addresses: Record<string, AddressInfo> = {};
       for (const listener of listeners) addresses[listener.name] = await listener.listen();
       listening = true;
       warmKeys(snapshot);
-      logger.info({ admin: adminAddress, listeners: addresses, tenants: snapshot.tenants.map((t) => t.id) }, 'meshgate is serving');
+      const tenants = snapshot.tenants.map((t) => t.id);
+      if (admin) logger.info({ admin: adminAddress, listeners: addresses, tenants }, 'meshgate is serving');
+      else logger.info({ listeners: addresses, tenants }, 'worker is serving');
       return { admin: adminAddress, listeners: addresses };
     },
     reload(load) {
@@ -217,7 +221,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       // GOAWAY to every client, the grace to finish, then xDS streams end with UNAVAILABLE so
       // that sidecars reconnect to another replica, then connections are cut.
       await Promise.all(listeners.map((l) => l.close(graceMs, () => xds.terminateAll())));
-      await admin.close();
+      await admin?.close();
       resources.close();
       countResources();
     },

@@ -31,9 +31,9 @@ export async function startServing(
   path: string,
   base: LoadedConfig,
   loadOrReport: (load: () => LoadedConfig) => LoadedConfig | undefined,
-  options: { readonly logger?: Logger } = {},
+  options: { readonly logger?: Logger; readonly worker?: boolean } = {},
 ): Promise<Serving | undefined> {
-  const logger = options.logger ?? createLogger(base.config.logging.level);
+  const logger = options.logger ?? (options.worker === true ? createLogger(base.config.logging.level).child({ role: 'worker', pid: process.pid }) : createLogger(base.config.logging.level));
   // Changes that arrive before the gateway can take them are remembered, and applied once it can.
   let missed: [string, string] | undefined;
   let changed: (source: string, reason: string) => void = (source, reason) => (missed ??= [source, reason]);
@@ -75,7 +75,7 @@ export async function startServing(
       for (const source of sources) source.close();
       return undefined;
     }
-    serving = buildGateway(loaded, { logger });
+    serving = buildGateway(loaded, { logger, worker: options.worker === true });
     addresses = await serving.listen();
   } catch (err) {
     // Open watches would keep the process alive: close them, then fail.

@@ -46,22 +46,26 @@ export function createMetrics() {
       name: 'meshgate_config_reloads_total',
       help: 'Config reloads by result (success, failure).',
       labelNames: ['result'] as const,
+      aggregator: 'max',
       registers,
     }),
     configVersion: new Gauge({
       name: 'meshgate_config_snapshot_version',
       help: 'Version of the config snapshot in use; it rises with each successful reload.',
+      aggregator: 'min',
       registers,
     }),
     configLoadedAt: new Gauge({
       name: 'meshgate_config_loaded_timestamp_seconds',
       help: 'When the config snapshot in use was loaded (Unix time).',
+      aggregator: 'min',
       registers,
     }),
     tenantSourceErrors: new Counter({
       name: 'meshgate_tenant_source_errors_total',
       help: 'Tenant definitions refused by a source (a bad file, an invalid MeshTenant), by source.',
       labelNames: ['source'] as const,
+      aggregator: 'max',
       registers,
     }),
     tenantResources: new Gauge({

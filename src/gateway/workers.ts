@@ -1,0 +1,139 @@
+/**
+ * `meshgate serve --workers N`: one process per core, with node:cluster.
+ *
+ *  - The primary forks N workers. Each runs the whole gateway (its listeners, tenant sources,
+ *    pools and limits) except the admin listener. Listening sockets are the primary's; it hands
+ *    each new connection to the next worker in turn, so connections spread across workers.
+ *  - The primary serves the admin listener: /metrics merges every worker's registry (counters and
+ *    gauges summed, except where a metric says otherwise), /readyz is ready when every worker is.
+ *  - SIGHUP reaches every worker; SIGTERM drains every worker and exits once all have; a worker
+ *    that dies otherwise is replaced, after a backoff.
+ * A worker's state (limits, token caches, pools) is its own: see docs/operations.md.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import type { AddressInfo } from 'node:net';
+import { AggregatorRegistry, type Registry } from 'prom-client';
+import { createAdminServer, type AdminServer } from '../admin/admin-server.js';
+import type { LoadedConfig } from '../config/load.js';
+import type { Logger } from '../observability/logger.js';
+
+/** What a worker tells the primary. */
+export type WorkerMessage = { readonly type: 'meshgate:serving'; readonly listeners: Record<string, AddressInfo> } | { readonly type: 'meshgate:failed' };
+
+export function isWorker(): boolean {
+  return cluster.isWorker;
+}
+
+/** In a worker: tells the primary it serves, and lets it read the worker's metrics. */
+export function reportServing(registry: Registry, listeners: Record<string, AddressInfo>): void {
+  AggregatorRegistry.setRegistries([registry]);
+  // Constructing one is what makes a worker answer the primary's requests for its metrics.
+  new AggregatorRegistry();
+  const message: WorkerMessage = { type: 'meshgate:serving', listeners };
+  process.send?.(message);
+}
+
+export interface PrimaryOptions {
+  readonly workers: number;
+  readonly base: LoadedConfig;
+  readonly logger: Logger;
+  readonly drainMs: number;
+}
+
+const MAX_RESTART_BACKOFF_MS = 30_000;
+
+/** Runs the primary until SIGTERM or SIGINT; resolves with the exit code. */
+export async function runPrimary(options: PrimaryOptions): Promise<number> {
+  const { workers: count, logger, base } = options;
+  const aggregator = new AggregatorRegistry();
+  const serving = new Map<number, Record<string, AddressInfo>>();
+  let stopping = false;
+  let restarts = 0;
+
+  // From the first moment: a signal during the start must still stop the workers.
+  const stopSignal = new Promise<string>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+  let allServing: (() => void) | undefined;
+  const fork = (): Worker => {
+    const worker = cluster.fork();
+    worker.on('message', (message: WorkerMessage) => {
+      if (message.type !== 'meshgate:serving') return;
+      serving.set(worker.id, message.listeners);
+      restarts = 0;
+      if (serving.size === count) allServing?.();
+    });
+    return worker;
+  };
+
+  const admin: AdminServer = createAdminServer({
+    host: base.config.admin.host,
+    port: base.config.admin.port,
+    metrics: { contentType: aggregator.contentType, text: () => aggregator.clusterMetrics() },
+    readiness: () => ({
+      ready: !stopping && serving.size === count,
+      detail: { workers: count, serving: serving.size },
+    }),
+  });
+
+  // A worker that fails to start (a bad config, a port taken) takes the instance down with it:
+  // the first start is all or nothing, as with one process.
+  const first = await new Promise<Record<string, AddressInfo> | 'stopped' | undefined>((resolve) => {
+    void stopSignal.then(() => resolve('stopped'));
+    const onExit = (): void => {
+      cluster.off('exit', onExit);
+      resolve(undefined);
+    };
+    cluster.on('exit', onExit);
+    allServing = () => {
+      allServing = undefined;
+      cluster.off('exit', onExit);
+      resolve(serving.values().next().value);
+    };
+    for (let i = 0; i < count; i++) fork();
+  });
+  if (first === undefined || first === 'stopped') {
+    stopping = true;
+    await stopWorkers();
+    if (first === undefined) logger.error('a worker failed to start');
+    logger.flush();
+    return first === undefined ? 1 : 0;
+  }
+
+  cluster.on('exit', (worker, code, signal) => {
+    serving.delete(worker.id);
+    if (stopping) return;
+    const delay = Math.min(MAX_RESTART_BACKOFF_MS, 250 * 2 ** Math.min(restarts++, 7));
+    logger.error({ pid: worker.process.pid, code, signal, restartInMs: delay }, 'worker exited; replacing it');
+    setTimeout(() => {
+      if (!stopping) fork();
+    }, delay).unref();
+  });
+
+  const adminAddress = await admin.listen();
+  logger.info({ admin: adminAddress, listeners: first, workers: count, tenants: base.config.tenants.map((t) => t.id) }, 'meshgate is serving');
+
+  const onHangup = (): void => {
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGHUP');
+  };
+  process.on('SIGHUP', onHangup);
+
+  const signal = await stopSignal;
+  stopping = true;
+  process.off('SIGHUP', onHangup);
+  logger.info({ signal, drainMs: options.drainMs, workers: count }, 'draining');
+  const codes = await stopWorkers();
+  await admin.close();
+  logger.info('stopped');
+  logger.flush();
+  return codes.every((code) => code === 0) ? 0 : 1;
+}
+
+/** SIGTERM to every worker (each drains); resolves with their exit codes. */
+function stopWorkers(): Promise<number[]> {
+  const alive = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());
+  const exits = alive.map((worker) => new Promise<number>((resolve) => worker.once('exit', (code: number | null) => resolve(code ?? 1))));
+  for (const worker of alive) worker.process.kill('SIGTERM');
+  return Promise.all(exits);
+}
