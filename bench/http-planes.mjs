@@ -74,7 +74,9 @@ async function main() {
       log: join(WORK, `meshgate-${n}w.log`),
     }),
   }));
-  await sleep(2500 + 1500 * multi.length);
+  await sleep(1000);
+  // Every meshgate answers /readyz before anything is measured.
+  for (const admin of [PORTS.admin, ...multi.map((_, i) => PORTS.admin + 10 + i)]) await ready(`http://127.0.0.1:${admin}/readyz`);
 
   const targets = [
     { name: 'direct', port: PORTS.direct, debugPort: PORTS.originHttp, pids: () => workerPids(origin) },
@@ -95,9 +97,10 @@ async function main() {
     { name: 'kube-list-h2', method: 'GET', path: `${KUBE_PREFIX}${PODS_PATH}`, directPath: PODS_PATH, rps: undefined, h2: true, skip: ['node'] },
   ].filter((s) => only === undefined || only.includes(s.name));
 
-  // Sanity: every target answers every scenario with 2xx before anything is timed.
+  // Sanity: every target answers every scenario with 2xx before anything is timed. (With no
+  // warm-up and --log-file, h2load 1.52 can keep a run going forever.)
   const runsOn = (scenario) => targets.filter((t) => !(scenario.skip ?? []).includes(t.name));
-  for (const scenario of scenarios) for (const target of runsOn(scenario)) h2load(target, scenario, files, { seconds: 1, warmup: 0 });
+  for (const scenario of scenarios) for (const target of runsOn(scenario)) h2load(target, scenario, files, { seconds: 1, warmup: 1 });
 
   const runs = [];
   for (let rep = 0; rep < REPS; rep++) {
@@ -123,6 +126,15 @@ async function main() {
   console.log(table(summary, machine));
 }
 
+async function ready(url) {
+  for (let i = 0; i < 300; i++) {
+    const ok = await fetch(url).then((r) => r.ok, () => false);
+    if (ok) return;
+    await sleep(100);
+  }
+  throw new Error(`${url} never answered ready`);
+}
+
 function h2load(target, scenario, files, { seconds, warmup }) {
   const log = join(WORK, 'h2load.log');
   rmSync(log, { force: true });
@@ -142,7 +154,7 @@ function h2load(target, scenario, files, { seconds, warmup }) {
   const out = execFileSync('taskset', args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   const done = Number(/requests: \d+ total, \d+ started, (\d+) done/.exec(out)?.[1] ?? 0);
   const ok = Number(/status codes: (\d+) 2xx/.exec(out)?.[1] ?? 0);
-  if (done === 0 || ok !== done) throw new Error(`${target.name} ${scenario.name}: ${ok}/${done} succeeded\n${out}`);
+  if (done === 0 || ok < done) throw new Error(`${target.name} ${scenario.name}: ${ok}/${done} succeeded\n${out}`);
   const latencies = readFileSync(log, 'utf8').trim().split('\n').map((line) => Number(line.split('\t')[2]) / 1000).sort((a, b) => a - b);
   const pick = (q) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))];
   return { requests: done, rps: Number(/finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(out)?.[1]), p50: pick(0.5), p99: pick(0.99), p999: pick(0.999) };

@@ -1,7 +1,7 @@
 // What the benchmarks share: child processes that must not die early (and those driven over IPC),
 // /proc readings, medians, work files.
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const processes = [];
@@ -9,16 +9,11 @@ let stopping = false;
 
 /** Starts a command (prefix it with taskset to pin it); the whole run fails if it exits early. */
 export function start(name, [command, ...args], { log, ipc = false } = {}) {
-  const child = spawn(command, args, { stdio: ['ignore', log ? 'pipe' : 'ignore', 'inherit', ...(ipc ? ['ipc'] : [])] });
-  if (log) {
-    const chunks = [];
-    const flush = () => writeFileSync(log, Buffer.concat(chunks.splice(0)), { flag: 'a' });
-    child.stdout.on('data', (c) => {
-      chunks.push(c);
-      if (chunks.length > 1000) flush();
-    });
-    child.stdout.on('end', flush);
-  }
+  // A log goes straight to its file: piped through this process, which blocks in execFileSync
+  // while h2load runs, it would fill the pipe and stall the target's logging.
+  const out = log ? openSync(log, 'a') : 'ignore';
+  const child = spawn(command, args, { stdio: ['ignore', out, 'inherit', ...(ipc ? ['ipc'] : [])] });
+  if (typeof out === 'number') closeSync(out);
   child.on('exit', (code, signal) => {
     if (!stopping && !child.stopping) {
       console.error(`${name} exited early (${code ?? signal})`);
@@ -138,6 +133,7 @@ export function writer(dir) {
 export function runBenchmark(main, cleanup = () => undefined) {
   process.on('exit', stopAll);
   process.on('SIGINT', () => process.exit(130));
+  process.on('SIGTERM', () => process.exit(143));
   main()
     .catch((err) => {
       console.error(err);

@@ -18,8 +18,13 @@ const authority = `${servername}:${webhook.port}`;
 let session;
 const h2Session = () => {
   if (session && !session.closed && !session.destroyed) return session;
-  session = connect(upstreamHttps, { ca: readFileSync(ca), servername });
-  session.on('error', () => undefined);
+  const opened = connect(upstreamHttps, { ca: readFileSync(ca), servername });
+  opened.on('error', () => undefined);
+  // After a GOAWAY the session takes no new streams: the next request opens another.
+  opened.on('goaway', () => {
+    if (session === opened) session = undefined;
+  });
+  session = opened;
   return session;
 };
 const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'host', 'upgrade', 'te', 'proxy-connection']);

@@ -76,7 +76,11 @@ export interface H2Pool {
   readonly authority: string;
   /** What the upstream speaks, as far as is known: 'unknown' until a first session is up. */
   readonly protocol: 'unknown' | 'h2' | 'http/1.1';
-  open(headers: OutgoingHttpHeaders, options: { endStream: boolean; signal: AbortSignal }): Promise<ClientHttp2Stream>;
+  /**
+   * Opens a stream. With a `signal`, aborting it cancels the stream (RST_STREAM(CANCEL)); without
+   * one (it costs a listener per stream), the caller closes the stream itself.
+   */
+  open(headers: OutgoingHttpHeaders, options: { endStream: boolean; signal?: AbortSignal }): Promise<ClientHttp2Stream>;
   stats(): ReplicaStats[];
   close(): void;
 }
@@ -341,13 +345,13 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
           release(pooled);
           continue;
         }
-        if (signal.aborted) {
+        if (signal?.aborted === true) {
           release(pooled);
           throw new MeshgateError('MG_ERR_UPSTREAM_RESET', { detail: 'the client went away before the stream opened' });
         }
         let stream: ClientHttp2Stream;
         try {
-          stream = session.request(headers, { endStream, signal });
+          stream = session.request(headers, signal === undefined ? { endStream } : { endStream, signal });
         } catch (err) {
           // Out of stream ids, or closing: this session takes no more.
           drain(pooled);

@@ -149,15 +149,15 @@ export function forwardHttp(exchange: Exchange, request: ForwardRequest): Promis
       send(openHttp1(exchange.method, request, handlers));
       return;
     }
-    const abort = new AbortController();
-    pool.open(h2RequestHeaders(exchange.method, request, pool.authority), { endStream: request.body === undefined, signal: abort.signal }).then(
+    // No AbortSignal (a listener and an AbortError per request): a client gone before the stream
+    // opened is seen by send(), which cancels it.
+    pool.open(h2RequestHeaders(exchange.method, request, pool.authority), { endStream: request.body === undefined }).then(
       (stream) => send(openHttp2(stream, handlers)),
       (err: unknown) => {
         if (err instanceof Http1Only) send(openHttp1(exchange.method, request, handlers));
         else if (!over) fail(poolError(err));
       },
     );
-    exchange.onClose(() => abort.abort());
   });
 }
 
@@ -252,6 +252,8 @@ interface Sink {
 function h1Sink({ res }: H1Exchange): Sink {
   return {
     head(status, headers, flush) {
+      // Said explicitly, as the client asked: Node would otherwise add a Keep-Alive header too.
+      headers.connection = res.shouldKeepAlive ? 'keep-alive' : 'close';
       res.writeHead(status, headers);
       if (flush) res.flushHeaders();
     },

@@ -25,14 +25,28 @@ const REDACTED_PATHS = [
 const FLUSH_INTERVAL_MS = 250;
 
 /**
+ * What stdout may hold back before lines are dropped: a reader that stops reading (a stuck log
+ * shipper, a full pipe) must cost a bounded amount of memory, and never stall requests.
+ */
+const MAX_BUFFERED_LOG_BYTES = 16 * 1024 * 1024;
+
+let droppedLines = 0;
+/** Log lines dropped because stdout was not being read: meshgate_log_lines_dropped_total. */
+export function droppedLogLines(): number {
+  return droppedLines;
+}
+
+/**
  * Without a destination, logs go to stdout through a 4 KiB buffer written asynchronously: one
  * write for many lines instead of a blocking write per line. The buffer is also written every
- * 250 ms, so that at low traffic a line never waits for the buffer to fill. `flush()` before exiting.
+ * 250 ms, so that at low traffic a line never waits for the buffer to fill. When 16 MiB are
+ * waiting, new lines are dropped and counted. `flush()` before exiting.
  */
-export function createLogger(level: string, destination?: DestinationStream): Logger {
+export function createLogger(level: string, destination?: DestinationStream, maxBufferedBytes = MAX_BUFFERED_LOG_BYTES): Logger {
   let target = destination;
   if (target === undefined) {
-    const stdout = pino.destination({ dest: 1, sync: false, minLength: 4096 });
+    const stdout = pino.destination({ dest: 1, sync: false, minLength: 4096, maxLength: maxBufferedBytes });
+    stdout.on('drop', () => droppedLines++);
     setInterval(() => stdout.flush(), FLUSH_INTERVAL_MS).unref();
     target = stdout;
   }

@@ -4,11 +4,15 @@
  * plane, listener and stable codes, never a token, a path or an identity.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { droppedLogLines } from './logger.js';
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
 /** Label value for requests that never reached a tenant or a plane. */
 export const NONE = '-';
+
+/** Per counter: the drops it has counted so far (the logger counts for the whole process). */
+const seenDrops = new WeakMap<object, number>();
 
 export function createMetrics() {
   const registry = new Registry();
@@ -41,6 +45,17 @@ export function createMetrics() {
       help: 'Failures reaching or reading an upstream, by reason.',
       labelNames: ['tenant', 'plane', 'reason'] as const,
       registers,
+    }),
+    logLinesDropped: new Counter({
+      name: 'meshgate_log_lines_dropped_total',
+      help: 'Log lines dropped because 16 MiB were already waiting for stdout (nobody was reading it).',
+      registers,
+      collect() {
+        const dropped = droppedLogLines();
+        const counted = seenDrops.get(this) ?? 0;
+        if (dropped > counted) this.inc(dropped - counted);
+        seenDrops.set(this, dropped);
+      },
     }),
     configReloads: new Counter({
       name: 'meshgate_config_reloads_total',
