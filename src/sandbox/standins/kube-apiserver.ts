@@ -16,11 +16,10 @@
  */
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createServer } from 'node:https';
+import { createSecureServer } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import type { Issuer } from '../issuer.js';
-import { closeServer } from './istiod.js';
 import { listen } from '../../listener/listen.js';
 import { authenticate, impersonate, reviewToken, selfSubjectReview, type KubeUser } from './kube-auth.js';
 import {
@@ -322,9 +321,13 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
     maxPayload: 32 * 1024 * 1024,
     handleProtocols: (offered, request) => chooseWebSocketProtocol(streamTargetOf(request.url)?.kind ?? 'exec', offered),
   });
-  const server = createServer(
-    { cert: options.tls.cert, key: options.tls.key, ca: options.clientCa, requestCert: true, rejectUnauthorized: false },
-    (req, res) => {
+  // HTTP/2 and HTTP/1.1 on one port, as kube-apiserver offers them (upgrades are HTTP/1.1).
+  const server = createSecureServer(
+    { cert: options.tls.cert, key: options.tls.key, ca: options.clientCa, requestCert: true, rejectUnauthorized: false, allowHTTP1: true },
+    // The compatibility API's request and response stand in for HTTP/1.1's.
+    (request, response) => {
+      const req = request as unknown as IncomingMessage;
+      const res = response as unknown as ServerResponse;
       handle(req, res).catch((error: unknown) => {
         const failure = error instanceof RequestError ? error : new RequestError(500, kubeStatus(500, 'InternalError', 'internal error'));
         if (res.headersSent) res.destroy();
@@ -332,6 +335,11 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
       });
     },
   );
+  const connections = new Set<Duplex>();
+  server.on('secureConnection', (socket: Duplex) => {
+    connections.add(socket);
+    socket.on('close', () => connections.delete(socket));
+  });
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     upgraded.add(socket);
     socket.on('close', () => upgraded.delete(socket));
@@ -358,7 +366,8 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
       for (const ws of wss.clients) ws.terminate();
       wss.close();
       for (const socket of upgraded) socket.destroy();
-      await closeServer(server);
+      for (const socket of connections) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
 }
