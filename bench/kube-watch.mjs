@@ -199,7 +199,7 @@ tenants:
       kube: [{ method: token, allow: [{ verbs: [watch, list], apiGroups: [''], resources: [pods] }] }]
 `,
   );
-  const child = start('meshgate', ['taskset', '-c', '0', process.execPath, join(ROOT, 'dist/cli/main.js'), 'serve', '--config', config], { log: join(WORK, 'meshgate.log') });
+  const child = start('meshgate', ['taskset', '-c', '0', process.execPath, join(ROOT, 'dist/cli/main.js'), 'serve', '--config', config, '--workers', '1'], { log: join(WORK, 'meshgate.log') });
   await sleep(1000);
   return { pids: () => [child.pid], stop: () => stop(child) };
 }

@@ -1,12 +1,11 @@
 /** `meshgate serve`, `meshgate check` and `meshgate crd`. */
 import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { parseAllDocuments, stringify } from 'yaml';
 import { ConfigError } from '../config/issues.js';
 import { loadConfig, loadConfigText, type LoadedConfig } from '../config/load.js';
 import { startServing } from '../gateway/serve.js';
-import { isWorker, reportServing, runPrimary } from '../gateway/workers.js';
+import { defaultWorkers, isWorker, reportServing, runPrimary } from '../gateway/workers.js';
 import { createLogger } from '../observability/logger.js';
 import { weaknesses } from '../listener/tls-profile.js';
 import { meshTenantCrd } from '../tenancy/crd.js';
@@ -22,7 +21,7 @@ export async function runServe(args: readonly string[]): Promise<number> {
     {
       config: { type: 'string', short: 'c' },
       'drain-seconds': { type: 'string', default: '10' },
-      workers: { type: 'string', default: String(availableParallelism()) },
+      workers: { type: 'string', default: String(defaultWorkers()) },
     },
     SERVE_USAGE,
   );

@@ -11,6 +11,8 @@
  * A worker's state (limits, token caches, pools) is its own: see docs/operations.md.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import { createAdminServer, type AdminServer } from '../admin/admin-server.js';
@@ -19,6 +21,25 @@ import type { Logger } from '../observability/logger.js';
 
 /** What a worker tells the primary. */
 export type WorkerMessage = { readonly type: 'meshgate:serving'; readonly listeners: Record<string, AddressInfo> } | { readonly type: 'meshgate:failed' };
+
+/**
+ * The default worker count: the cores this process may run on, bounded by its cgroup's CPU quota
+ * (a container limited to 2 CPUs on a 64-core node gets 2, not 64).
+ */
+export function defaultWorkers(cpuMax = readCpuMax()): number {
+  const cores = availableParallelism();
+  const [quota, period] = (cpuMax ?? '').trim().split(/\s+/);
+  const limit = Number(quota) / Number(period);
+  return Number.isFinite(limit) && limit > 0 ? Math.max(1, Math.min(cores, Math.ceil(limit))) : cores;
+}
+
+function readCpuMax(): string | undefined {
+  try {
+    return readFileSync('/sys/fs/cgroup/cpu.max', 'utf8');
+  } catch {
+    return undefined;
+  }
+}
 
 export function isWorker(): boolean {
   return cluster.isWorker;
