@@ -122,6 +122,18 @@ function gatewayTo(server: ApiServer): Promise<ExtraGateway> {
   });
 }
 
+/** Runs `body` against an API server as `startApiServer` makes it, behind a gateway to it; closes both. */
+async function withApiServer(options: Parameters<typeof startApiServer>[0], body: (server: ApiServer, gateway: ExtraGateway) => Promise<void>): Promise<void> {
+  const server = await startApiServer(options);
+  const gateway = await gatewayTo(server);
+  try {
+    await body(server, gateway);
+  } finally {
+    await gateway.close();
+    await server.close();
+  }
+}
+
 function credentials(tenant: 'acme' | 'globex') {
   const info = tenantOf(sandbox, tenant);
   return { ca: readFileSync(sandbox.info.caFile, 'utf8'), cert: readFileSync(info.clientCert, 'utf8'), key: readFileSync(info.clientKey, 'utf8'), servername: info.host };
@@ -156,9 +168,7 @@ async function watchesAndLists(port: number, tenant: 'acme' | 'globex', count: n
 
 describe('the kube plane towards an API server that offers HTTP/2', () => {
   it('multiplexes a cluster\'s watches and requests on one HTTP/2 session', async () => {
-    const server = await startApiServer({ h2: true });
-    const gateway = await gatewayTo(server);
-    try {
+    await withApiServer({ h2: true }, async (server, gateway) => {
       const calls = await watchesAndLists(gateway.port('api'), 'acme', 40);
       expect(calls.lists).toEqual(Array(40).fill(200));
       expect(calls.events.every((e) => e.includes('"ADDED"'))).toBe(true);
@@ -168,16 +178,11 @@ describe('the kube plane towards an API server that offers HTTP/2', () => {
       // 40 watches open at once, with the lists beside them, on that one session.
       expect(server.maxConcurrentSeen()).toBeGreaterThanOrEqual(40);
       calls.close();
-    } finally {
-      await gateway.close();
-      await server.close();
-    }
+    });
   }, 60_000);
 
   it("respects the server's SETTINGS_MAX_CONCURRENT_STREAMS, opening more sessions rather than queueing", async () => {
-    const server = await startApiServer({ h2: true, maxConcurrentStreams: 5 });
-    const gateway = await gatewayTo(server);
-    try {
+    await withApiServer({ h2: true, maxConcurrentStreams: 5 }, async (server, gateway) => {
       // 12 watches stay open: with at most 5 streams a session, they need 3 sessions, and every
       // one of them has its first event (none waits behind another).
       const calls = await watchesAndLists(gateway.port('api'), 'acme', 12);
@@ -188,16 +193,11 @@ describe('the kube plane towards an API server that offers HTTP/2', () => {
       expect(byConnection.size).toBeGreaterThanOrEqual(3);
       expect(Math.max(...byConnection.values())).toBeLessThanOrEqual(5);
       calls.close();
-    } finally {
-      await gateway.close();
-      await server.close();
-    }
+    });
   }, 60_000);
 
   it("never lets one tenant's session carry another tenant's request, to the same API server", async () => {
-    const server = await startApiServer({ h2: true });
-    const gateway = await gatewayTo(server);
-    try {
+    await withApiServer({ h2: true }, async (server, gateway) => {
       const [acme, globex] = await Promise.all([watchesAndLists(gateway.port('api'), 'acme', 10), watchesAndLists(gateway.port('api'), 'globex', 10)]);
       expect([...acme.lists, ...globex.lists]).toEqual(Array(20).fill(200));
       const tenantsBySession = new Map<number, Set<string>>();
@@ -209,16 +209,11 @@ describe('the kube plane towards an API server that offers HTTP/2', () => {
       for (const tenants of tenantsBySession.values()) expect(tenants.size).toBe(1);
       acme.close();
       globex.close();
-    } finally {
-      await gateway.close();
-      await server.close();
-    }
+    });
   }, 60_000);
 
   it('keeps an upgrade (exec, port-forward) on an HTTP/1.1 connection of its own', async () => {
-    const server = await startApiServer({ h2: true });
-    const gateway = await gatewayTo(server);
-    try {
+    await withApiServer({ h2: true }, async (server, gateway) => {
       const calls = await watchesAndLists(gateway.port('api'), 'acme', 2);
       const info = tenantOf(sandbox, 'acme');
       const echoed = await new Promise<string>((resolve, reject) => {
@@ -248,18 +243,13 @@ describe('the kube plane towards an API server that offers HTTP/2', () => {
       expect(h2Connections.has(server.upgrades[0] ?? -1)).toBe(false);
       expect(server.seen.find((s) => s.connection === server.upgrades[0])?.httpVersion).toBe('1.1');
       calls.close();
-    } finally {
-      await gateway.close();
-      await server.close();
-    }
+    });
   }, 60_000);
 });
 
 describe('the kube plane towards an API server that speaks only HTTP/1.1', () => {
   it('falls back to HTTP/1.1, one connection per watch', async () => {
-    const server = await startApiServer({ h2: false });
-    const gateway = await gatewayTo(server);
-    try {
+    await withApiServer({ h2: false }, async (server, gateway) => {
       const calls = await watchesAndLists(gateway.port('api'), 'acme', 5);
       expect(calls.lists).toEqual(Array(5).fill(200));
       expect(calls.events).toHaveLength(5);
@@ -267,9 +257,6 @@ describe('the kube plane towards an API server that speaks only HTTP/1.1', () =>
       const watchConnections = new Set(server.seen.filter((s) => s.path.includes('watch=1')).map((s) => s.connection));
       expect(watchConnections.size).toBe(5);
       calls.close();
-    } finally {
-      await gateway.close();
-      await server.close();
-    }
+    });
   }, 60_000);
 });
