@@ -22,6 +22,7 @@ import { lookup as dnsLookup } from 'node:dns/promises';
 import { connect, type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders, type Settings } from 'node:http2';
 import { isIP } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
+import { backoffMs } from '../backoff.js';
 import { isLoopbackHost } from '../config/schema.js';
 import { MeshgateError } from '../errors.js';
 import { refuseLoopback } from './upstream.js';
@@ -111,7 +112,6 @@ interface PooledSession {
 const STREAM_WINDOW = 256 * 1024;
 const SESSION_WINDOW = 16 * 1024 * 1024;
 const IDLE_SESSION_MS = 300_000;
-const MAX_BACKOFF_MS = 30_000;
 
 export function createH2Pool(options: H2PoolOptions): H2Pool {
   const { config } = options;
@@ -188,11 +188,12 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
   const fail = (replica: Replica, err: unknown): void => {
     lastFailure = err;
     replica.failures++;
-    replica.failedUntil = Date.now() + Math.min(MAX_BACKOFF_MS, 250 * 2 ** Math.min(replica.failures, 8));
+    replica.failedUntil = Date.now() + backoffMs(replica.failures);
   };
 
   const openSession = (replica: Replica): PooledSession => {
-    const replicaHost = new URL(replica.origin).hostname.replace(/^\[|\]$/g, '');
+    const url = new URL(replica.origin);
+    const replicaHost = url.hostname.replace(/^\[|\]$/g, '');
     const tls = {
       ca: options.ca,
       cert: options.clientCertificate?.cert,
@@ -201,7 +202,6 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       rejectUnauthorized: true as const,
       ...(options.allowLoopback || isIP(replicaHost) !== 0 ? {} : { lookup: refuseLoopback }),
     };
-    const url = new URL(replica.origin);
     const session = connect(replica.origin, {
       ...tls,
       // node:http2 offers only h2; to learn whether the upstream would rather speak HTTP/1.1,

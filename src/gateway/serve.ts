@@ -33,7 +33,8 @@ export async function startServing(
   loadOrReport: (load: () => LoadedConfig) => LoadedConfig | undefined,
   options: { readonly logger?: Logger; readonly worker?: boolean } = {},
 ): Promise<Serving | undefined> {
-  const logger = options.logger ?? (options.worker === true ? createLogger(base.config.logging.level).child({ role: 'worker', pid: process.pid }) : createLogger(base.config.logging.level));
+  const root = options.logger ?? createLogger(base.config.logging.level);
+  const logger = options.worker === true ? root.child({ role: 'worker', pid: process.pid }) : root;
   // Changes that arrive before the gateway can take them are remembered, and applied once it can.
   let missed: [string, string] | undefined;
   let changed: (source: string, reason: string) => void = (source, reason) => (missed ??= [source, reason]);

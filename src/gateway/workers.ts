@@ -16,11 +16,15 @@ import { availableParallelism } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import { createAdminServer, type AdminServer } from '../admin/admin-server.js';
+import { backoffMs } from '../backoff.js';
 import type { LoadedConfig } from '../config/load.js';
 import type { Logger } from '../observability/logger.js';
 
 /** What a worker tells the primary. */
-export type WorkerMessage = { readonly type: 'meshgate:serving'; readonly listeners: Record<string, AddressInfo> } | { readonly type: 'meshgate:failed' };
+export interface WorkerMessage {
+  readonly type: 'meshgate:serving';
+  readonly listeners: Record<string, AddressInfo>;
+}
 
 /**
  * The default worker count: the cores this process may run on, bounded by its cgroup's CPU quota
@@ -61,8 +65,6 @@ export interface PrimaryOptions {
   readonly drainMs: number;
 }
 
-const MAX_RESTART_BACKOFF_MS = 30_000;
-
 /** Runs the primary until SIGTERM or SIGINT; resolves with the exit code. */
 export async function runPrimary(options: PrimaryOptions): Promise<number> {
   const { workers: count, logger, base } = options;
@@ -79,9 +81,10 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
   let allServing: (() => void) | undefined;
   const fork = (): Worker => {
     const worker = cluster.fork();
-    worker.on('message', (message: WorkerMessage) => {
+    // The channel also carries prom-client's metrics answers.
+    worker.on('message', (message: { readonly type?: unknown }) => {
       if (message.type !== 'meshgate:serving') return;
-      serving.set(worker.id, message.listeners);
+      serving.set(worker.id, (message as WorkerMessage).listeners);
       restarts = 0;
       if (serving.size === count) allServing?.();
     });
@@ -125,7 +128,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
   cluster.on('exit', (worker, code, signal) => {
     serving.delete(worker.id);
     if (stopping) return;
-    const delay = Math.min(MAX_RESTART_BACKOFF_MS, 250 * 2 ** Math.min(restarts++, 7));
+    const delay = backoffMs(restarts++);
     logger.error({ pid: worker.process.pid, code, signal, restartInMs: delay }, 'worker exited; replacing it');
     setTimeout(() => {
       if (!stopping) fork();
