@@ -47,7 +47,11 @@ export async function runServe(args: readonly string[]): Promise<number> {
   if (isWorker()) reportServing(gateway.metrics.registry, running.addresses.listeners);
 
   await new Promise<void>((resolveStop) => {
+    let stopping = false;
+    // Once: a second signal, or the disconnect a worker makes itself on its way out, is not a second drain.
     const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
       logger.info({ signal, drainMs }, 'draining');
       resolveStop();
     };
