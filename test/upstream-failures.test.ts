@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { connect as http2Connect } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { refuseLoopback } from '../src/forward/upstream.js';
+import { refuseLoopback } from '../src/forward/refuse-loopback.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { call, type CallOptions } from './helpers/client.js';
 import { admissionReview, startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';

@@ -25,7 +25,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { backoffMs } from '../backoff.js';
 import { isLoopbackHost } from '../config/schema.js';
 import { MeshgateError } from '../errors.js';
-import { refuseLoopback } from './upstream.js';
+import { refuseLoopback } from './refuse-loopback.js';
 
 export interface H2PoolEvents {
   /** The number of sessions to a replica changed. */

@@ -6,13 +6,13 @@
  * backend. TLS is always verified (against the configured CA, or the system roots), and a name
  * that resolves to loopback is refused: istiod trusts loopback callers fully.
  */
-import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from 'node:dns';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { isIP } from 'node:net';
-import { isLoopbackHost, type UpstreamConfig } from '../config/schema.js';
+import type { UpstreamConfig } from '../config/schema.js';
 import type { ConfigFiles } from '../config/files.js';
 import { MeshgateError } from '../errors.js';
+import { refuseLoopback } from './refuse-loopback.js';
 import { createH2Pool, type H2Pool, type H2PoolEvents } from './h2-pool.js';
 
 export interface HttpUpstream {
@@ -99,27 +99,6 @@ export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, o
       h2?.close();
     },
   };
-}
-
-type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
-
-/** A dns.lookup that fails when any resolved address is loopback. */
-export function refuseLoopback(hostname: string, options: LookupOptions, callback: LookupCallback): void {
-  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
-    if (err) {
-      callback(err, []);
-      return;
-    }
-    if (addresses.some((a) => isLoopbackHost(a.address))) {
-      callback(new MeshgateError('MG_ERR_UPSTREAM_LOOPBACK', { detail: `${hostname} resolves to loopback` }), []);
-      return;
-    }
-    if (options.all === true) callback(null, addresses);
-    else {
-      const [first] = addresses;
-      callback(null, first?.address ?? '', first?.family);
-    }
-  });
 }
 
 const TLS_ERROR = /^(CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|ERR_TLS_|ERR_SSL_|HOSTNAME_MISMATCH|EPROTO$)/;
