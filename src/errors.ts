@@ -85,6 +85,7 @@ export const ERROR_CODES = {
   // Limits: what one tenant, or the gateway, may hold at once.
   MG_ERR_LIMIT_CONNECTIONS: spec(503, GRPC.RESOURCE_EXHAUSTED, 'the tenant has too many connections open'),
   MG_ERR_LIMIT_STREAMS: spec(429, GRPC.RESOURCE_EXHAUSTED, 'the tenant has too many requests or streams open'),
+  MG_ERR_LIMIT_RATE: spec(429, GRPC.RESOURCE_EXHAUSTED, "the tenant is over its request rate on this plane; retry after the time given"),
   MG_ERR_SHUTTING_DOWN: spec(503, GRPC.UNAVAILABLE, 'meshgate is shutting down; reconnect'),
 
   // Reloads: what a change of config does to work that was running.

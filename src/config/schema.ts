@@ -60,6 +60,9 @@ const hostPattern = z
 
 const port = z.number().int().min(0).max(65535);
 
+/** Who reaches the admin listener's /metrics and /status by default: this host only. */
+const ADMIN_LOOPBACK = ['127.0.0.0/8', '::1/128'] as const;
+
 export const PLANES = ['webhook', 'debug', 'xds', 'kube'] as const;
 export type PlaneName = (typeof PLANES)[number];
 
@@ -280,7 +283,12 @@ const kubeSettings = z.strictObject({
   requestTimeout: duration.default(60_000),
 });
 
-/** What one tenant may hold at once, across listeners and planes. */
+const requestRate = z.strictObject({
+  perSecond: z.number().positive(),
+  burst: z.number().int().positive(),
+});
+
+/** What one tenant may hold at once, across listeners and planes, and how fast it may ask. */
 const limits = z.strictObject({
   connections: z.number().int().positive().default(10_000),
   streams: z.number().int().positive().default(20_000),
@@ -288,6 +296,11 @@ const limits = z.strictObject({
   unauthenticatedConnections: z.number().int().positive().default(256),
   /** How long a connection may stay open without authenticating a request. */
   authenticationTimeout: duration.default(10_000),
+  /**
+   * Authenticated requests (on xds: new streams) per second, by plane, in each meshgate process:
+   * `burst` at once, refilled at `perSecond`. A plane not named has no rate limit.
+   */
+  requestRate: z.partialRecord(z.enum(PLANES), requestRate).default({}),
 });
 
 export const tenantSchema = z.strictObject({
@@ -300,7 +313,7 @@ export const tenantSchema = z.strictObject({
   debug: debugSettings.default({ authentication: ['token'], audiences: ['istio-ca'], timeout: 30_000 }),
   xds: xdsSettings.default({ authentication: ['token'], audiences: ['istio-ca'] }),
   kube: kubeSettings.default({ authentication: ['token'], requestTimeout: 60_000 }),
-  limits: limits.default({ connections: 10_000, streams: 20_000, unauthenticatedConnections: 256, authenticationTimeout: 10_000 }),
+  limits: limits.default({ connections: 10_000, streams: 20_000, unauthenticatedConnections: 256, authenticationTimeout: 10_000, requestRate: {} }),
   access: z
     .strictObject({
       webhook: z.array(accessRule).optional(),
@@ -357,8 +370,21 @@ const listener = z.strictObject({
 export const configSchema = z
   .strictObject({
     admin: z
-      .strictObject({ host: z.string().default('127.0.0.1'), port: port.default(9901) })
-      .default({ host: '127.0.0.1', port: 9901 }),
+      .strictObject({
+        host: z.string().default('127.0.0.1'),
+        port: port.default(9901),
+        /**
+         * Who may read what is beyond /healthz and /readyz (/metrics, /status): a caller from one
+         * of `sourceCIDRs`, or one that sends the token in `bearerTokenFile`.
+         */
+        access: z
+          .strictObject({
+            sourceCIDRs: z.array(z.union([z.cidrv4(), z.cidrv6()])).default([...ADMIN_LOOPBACK]),
+            bearerTokenFile: file.optional(),
+          })
+          .default({ sourceCIDRs: [...ADMIN_LOOPBACK] }),
+      })
+      .default({ host: '127.0.0.1', port: 9901, access: { sourceCIDRs: [...ADMIN_LOOPBACK] } }),
     logging: z
       .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .default({ level: 'info' }),

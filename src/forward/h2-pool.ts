@@ -32,6 +32,11 @@ export interface H2PoolEvents {
   readonly sessions?: (replica: string, count: number) => void;
   /** A replica sent GOAWAY on one of its sessions. */
   readonly goaway?: (replica: string) => void;
+  /**
+   * What meshgate last learned of a replica: a session became ready (up), one failed to open
+   * (down), or discovery no longer lists it (removed).
+   */
+  readonly health?: (replica: string, state: 'up' | 'down' | 'removed') => void;
 }
 
 /** Where the replicas are and how sessions to them behave: the xds upstream's settings. */
@@ -147,8 +152,9 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       }
       // Replicas that left the Service: no new streams; their sessions finish what they carry.
       for (const replica of replicas.values()) {
-        if (seen.has(replica.key)) continue;
+        if (seen.has(replica.key) || replica.removed) continue;
         replica.removed = true;
+        options.events?.health?.(replica.key, 'removed');
         for (const pooled of replica.sessions) drain(pooled);
       }
     };
@@ -189,6 +195,7 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
     lastFailure = err;
     replica.failures++;
     replica.failedUntil = Date.now() + backoffMs(replica.failures);
+    options.events?.health?.(replica.key, 'down');
   };
 
   const openSession = (replica: Replica): PooledSession => {
@@ -245,6 +252,7 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       () => {
         protocol = 'h2';
         replica.failures = 0;
+        options.events?.health?.(replica.key, 'up');
         session.setLocalWindowSize(SESSION_WINDOW);
       },
       (err: unknown) => {
@@ -369,7 +377,10 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
     close() {
       closed = true;
       clearInterval(dnsTimer);
-      for (const replica of replicas.values()) for (const pooled of replica.sessions) pooled.session.destroy();
+      for (const replica of replicas.values()) {
+        for (const pooled of replica.sessions) pooled.session.destroy();
+        options.events?.health?.(replica.key, 'removed');
+      }
     },
   };
 }

@@ -17,6 +17,7 @@ import { createXdsPlane } from '../planes/xds/plane.js';
 import { createTenantLimits } from '../policy/limits.js';
 import { defaultCertificate } from '../pki/default-certificate.js';
 import { createResourceRegistry, type ResourceRegistry } from '../tenancy/registry.js';
+import { CERTIFICATE_KINDS, certificateExpiries } from '../tenancy/expiry.js';
 import { buildSnapshot, type Snapshot } from '../tenancy/snapshot.js';
 import { createRequestHandler } from './handle-request.js';
 
@@ -57,6 +58,10 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     poolEvents: (tenant) => ({
       sessions: (replica, count) => metrics.xdsUpstreamSessions.set({ tenant, replica }, count),
       goaway: () => metrics.goaways.inc({ direction: 'received', tenant, listener: '' }),
+      health: (replica, state) => {
+        if (state === 'removed') metrics.upstreamReplicaUp.remove({ tenant, replica });
+        else metrics.upstreamReplicaUp.set({ tenant, replica }, state === 'up' ? 1 : 0);
+      },
     }),
     onStream: (tenant, delta) => metrics.xdsStreams.inc({ tenant }, delta),
     onStreamEnd: (tenant, seconds) => metrics.xdsStreamDuration.observe({ tenant }, seconds),
@@ -139,9 +144,17 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     countResources();
     return built;
   };
+  /** Certificate expiry by tenant, for the snapshot in use: a removed tenant's series go with it. */
+  const recordExpiries = (s: Snapshot, before: readonly string[]): void => {
+    for (const tenant of before) for (const certificate of CERTIFICATE_KINDS) metrics.certificateExpiry.remove({ tenant, certificate });
+    for (const tenant of s.tenants) {
+      for (const [certificate, notAfter] of certificateExpiries(tenant)) metrics.certificateExpiry.set({ tenant: tenant.id, certificate }, notAfter.getTime() / 1000);
+    }
+  };
   let snapshot = build(loaded);
   metrics.configVersion.set(snapshot.version);
   metrics.configLoadedAt.set(snapshot.loadedAt.getTime() / 1000);
+  recordExpiries(snapshot, []);
   let listening = false;
 
   const handlerDeps = { current: () => snapshot, planes, metrics, logger: accessLogger(logger), limits };
@@ -203,6 +216,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       metrics.configReloads.inc({ result: 'success' });
       metrics.configVersion.set(fresh.version);
       metrics.configLoadedAt.set(fresh.loadedAt.getTime() / 1000);
+      recordExpiries(fresh, [...before]);
       if (listening) warmKeys(fresh);
       const after = fresh.tenants.map((t) => t.id);
       logger.info(

@@ -6,6 +6,13 @@ import type { RequestContext } from '../planes/plane.js';
 import { redactTarget, redactTokens, type Logger } from './logger.js';
 import { NONE, type Metrics } from './metrics.js';
 
+/** The limit each MG_ERR_LIMIT_* code reports, as meshgate_limits_hit_total's `limit` label. */
+const LIMITS: Readonly<Record<string, string>> = {
+  MG_ERR_LIMIT_RATE: 'rate',
+  MG_ERR_LIMIT_STREAMS: 'streams',
+  MG_ERR_LIMIT_CONNECTIONS: 'connections',
+};
+
 export function observeRequest(context: RequestContext, metrics: Metrics, logger: Logger): void {
   const { exchange, error } = context;
   const durationMs = performance.now() - exchange.startedAt;
@@ -19,6 +26,8 @@ export function observeRequest(context: RequestContext, metrics: Metrics, logger
   metrics.requestDuration.observe({ tenant, plane }, durationMs / 1000);
   if (error && error.status < 500) metrics.denials.inc({ tenant, plane, reason: error.code });
   if (error?.code.startsWith('MG_ERR_UPSTREAM_')) metrics.upstreamErrors.inc({ tenant, plane, reason: error.code });
+  const limit = error === undefined ? undefined : LIMITS[error.code];
+  if (limit !== undefined) metrics.limitsHit.inc({ tenant, plane, limit });
 
   const line = {
     requestId: exchange.id,

@@ -150,6 +150,13 @@ export function createMetrics() {
       labelNames: ['tenant', 'direction'] as const,
       registers,
     }),
+    upstreamReplicaUp: new Gauge({
+      name: 'meshgate_upstream_replica_up',
+      help: "Whether meshgate's last attempt to open a session to an istiod replica (xds plane) succeeded: 1 up, 0 down.",
+      labelNames: ['tenant', 'replica'] as const,
+      aggregator: 'min',
+      registers,
+    }),
     xdsUpstreamSessions: new Gauge({
       name: 'meshgate_xds_upstream_sessions',
       help: 'HTTP/2 sessions to istiod by tenant and replica.',
@@ -185,6 +192,19 @@ export function createMetrics() {
       name: 'meshgate_tokenreviews_total',
       help: 'TokenReview lookups against clusters, by result (authenticated, rejected, error, limited).',
       labelNames: ['tenant', 'cluster', 'result'] as const,
+      registers,
+    }),
+    limitsHit: new Counter({
+      name: 'meshgate_limits_hit_total',
+      help: 'Requests refused by a tenant limit, by plane and limit (rate, streams, connections).',
+      labelNames: ['tenant', 'plane', 'limit'] as const,
+      registers,
+    }),
+    certificateExpiry: new Gauge({
+      name: 'meshgate_certificate_expiry_timestamp_seconds',
+      help: 'When a certificate meshgate serves or trusts stops being valid (Unix time), by tenant and certificate (serving, client-ca, istiod-ca).',
+      labelNames: ['tenant', 'certificate'] as const,
+      aggregator: 'min',
       registers,
     }),
     goaways: new Counter({
