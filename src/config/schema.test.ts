@@ -36,7 +36,7 @@ function problems(doc: unknown): string[] {
 describe('parseConfig', () => {
   it('accepts a valid config and fills in defaults', () => {
     const config = parseConfig(stringify(base()));
-    expect(config.admin).toEqual({ host: '127.0.0.1', port: 9901 });
+    expect(config.admin).toEqual({ host: '127.0.0.1', port: 9901, access: { sourceCIDRs: ['127.0.0.0/8', '::1/128'] } });
     expect(config.auth.jwks).toEqual({ cooldown: 30_000, maxAge: 600_000, timeout: 5_000 });
     expect(config.tenants[0]?.webhook?.maxBodySize).toBe(6 * 1024 * 1024);
     expect(config.tenants[0]?.webhook?.audiences).toEqual(['meshgate-webhook']);
