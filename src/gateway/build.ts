@@ -15,6 +15,7 @@ import type { Plane } from '../planes/plane.js';
 import { createWebhookPlane } from '../planes/webhook/plane.js';
 import { createXdsPlane } from '../planes/xds/plane.js';
 import { createTenantLimits } from '../policy/limits.js';
+import { createRequestRates } from '../policy/request-rate.js';
 import { defaultCertificate } from '../pki/default-certificate.js';
 import { createResourceRegistry, type ResourceRegistry } from '../tenancy/registry.js';
 import { CERTIFICATE_KINDS, certificateExpiries } from '../tenancy/expiry.js';
@@ -157,7 +158,8 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
   recordExpiries(snapshot, []);
   let listening = false;
 
-  const handlerDeps = { current: () => snapshot, planes, metrics, logger: accessLogger(logger), limits };
+  const rates = createRequestRates();
+  const handlerDeps = { current: () => snapshot, planes, metrics, logger: accessLogger(logger), limits, rates };
   const fallback = defaultCertificate();
   const listeners: TlsListener[] = Object.entries(loaded.config.listeners).map(([name, config]) =>
     createTlsListener({
@@ -213,6 +215,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       }
       const before = new Set(snapshot.tenants.map((t) => t.id));
       snapshot = fresh;
+      rates.retain(new Set(fresh.tenants.map((t) => t.id)));
       metrics.configReloads.inc({ result: 'success' });
       metrics.configVersion.set(fresh.version);
       metrics.configLoadedAt.set(fresh.loadedAt.getTime() / 1000);

@@ -20,6 +20,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Plane, RequestContext, RoutedContext } from '../planes/plane.js';
 import type { TenantLimits } from '../policy/limits.js';
+import type { RequestRates } from '../policy/request-rate.js';
 import type { Snapshot } from '../tenancy/snapshot.js';
 
 export interface RequestHandlerDeps {
@@ -28,6 +29,7 @@ export interface RequestHandlerDeps {
   readonly metrics: Metrics;
   readonly logger: Logger;
   readonly limits: TenantLimits;
+  readonly rates: RequestRates;
 }
 
 /** The exchange handler for a listener that serves `planeNames`. */
@@ -42,6 +44,8 @@ export function createRequestHandler(deps: RequestHandlerDeps, planeNames: reado
       admit(authenticated) {
         context.authenticated = authenticated;
         deps.limits.authenticated(exchange.socket);
+        // Only now, once the caller is known: anonymous requests never spend the tenant's rate.
+        if (context.tenant && context.plane) deps.rates.take(context.tenant, context.plane);
       },
     };
     // Observe once the exchange is over *and* every stage has recorded its part.

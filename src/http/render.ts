@@ -9,7 +9,12 @@ import { isGrpcContentType, respondTrailersOnly } from '../grpc/status.js';
 
 export function renderError(exchange: Exchange, error: MeshgateError): void {
   if (exchange.protocol === 'h2' && isGrpcContentType(exchange.headers['content-type']) && !exchange.headersSent) {
-    respondTrailersOnly(exchange.stream, error.grpcStatus, `${error.code}: ${error.message}`, { 'x-request-id': exchange.id });
+    const retryAfter = error.headers['retry-after'];
+    respondTrailersOnly(exchange.stream, error.grpcStatus, `${error.code}: ${error.message}`, {
+      'x-request-id': exchange.id,
+      // gRFC A6's server pushback: a client with a retry policy waits this long.
+      ...(retryAfter === undefined ? {} : { 'grpc-retry-pushback-ms': String(Number(retryAfter) * 1000) }),
+    });
     return;
   }
   renderHttpError(exchange, error);

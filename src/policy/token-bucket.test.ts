@@ -14,3 +14,17 @@ describe('createTokenBucket', () => {
     expect([bucket.take(), bucket.take(), bucket.take(), bucket.take()]).toEqual([true, true, true, false]);
   });
 });
+
+describe('TokenBucket.wait', () => {
+  it('says how long until the next token, and 0 while one is there', () => {
+    let clock = 0;
+    const bucket = createTokenBucket(4, 1, () => clock);
+    expect(bucket.wait()).toBe(0);
+    bucket.take();
+    expect(bucket.wait()).toBe(250);
+    clock += 100;
+    expect(bucket.wait()).toBeCloseTo(150);
+    clock += 150;
+    expect(bucket.wait()).toBe(0);
+  });
+});

@@ -27,6 +27,8 @@ const REASONS: Readonly<Record<number, string>> = {
 };
 
 export function kubeStatus(error: MeshgateError, requestId: string): object {
+  const header = error.headers['retry-after'];
+  const retryAfter = header === undefined ? undefined : Number(header);
   return {
     kind: 'Status',
     apiVersion: 'v1',
@@ -34,7 +36,11 @@ export function kubeStatus(error: MeshgateError, requestId: string): object {
     status: 'Failure',
     message: `${error.code}: ${error.message}`,
     reason: REASONS[error.status] ?? 'InternalError',
-    details: { causes: [{ reason: error.code, message: `request id ${requestId}` }] },
+    details: {
+      causes: [{ reason: error.code, message: `request id ${requestId}` }],
+      // As the API server's own 429s: client-go waits this long (from Retry-After) and retries.
+      ...(retryAfter === undefined ? {} : { retryAfterSeconds: retryAfter }),
+    },
     code: error.status,
   };
 }
