@@ -301,6 +301,6 @@ describe('meshgate check --tenants', () => {
   it('prints a CRD equal to the one deploy/ ships', async () => {
     const printed = await run(['crd']);
     expect(printed.code).toBe(0);
-    expect(printed.stdout).toBe(readFileSync(join(ROOT, 'deploy', 'crd-meshtenant.yaml'), 'utf8'));
+    expect(printed.stdout).toBe(readFileSync(join(ROOT, 'deploy', 'base', 'crd-meshtenant.yaml'), 'utf8'));
   });
 });

@@ -322,7 +322,7 @@ describe('istiod reaches the mesh clusters only through meshgate, each tenant it
 
 describe('MeshTenant resources on the real kube-apiserver (the provider cluster)', () => {
   const namespace = 'meshgate-tenants';
-  const crdFile = fileURLToPath(new URL('../../deploy/crd-meshtenant.yaml', import.meta.url));
+  const crdFile = fileURLToPath(new URL('../../deploy/base/crd-meshtenant.yaml', import.meta.url));
 
   it('accepts the CRD as structural, refuses a malformed MeshTenant itself, and gets the Ready condition meshgate writes', async () => {
     const provider = topology.configCluster;
