@@ -4,6 +4,7 @@
  */
 import type { AddressInfo } from 'node:net';
 import { createAdminServer } from '../admin/admin-server.js';
+import { adminAccessSettings, createAdminAccess } from '../admin/access.js';
 import type { LoadedConfig } from '../config/load.js';
 import { createBodyBudget } from '../http/body.js';
 import { createTlsListener, type TlsListener } from '../listener/tls-listener.js';
@@ -20,6 +21,8 @@ import { defaultCertificate } from '../pki/default-certificate.js';
 import { createResourceRegistry, type ResourceRegistry } from '../tenancy/registry.js';
 import { CERTIFICATE_KINDS, certificateExpiries } from '../tenancy/expiry.js';
 import { buildSnapshot, type Snapshot } from '../tenancy/snapshot.js';
+import { registryReader } from '../status/metric-reader.js';
+import { createStatusSource, topologyOf } from '../status/status-source.js';
 import { createRequestHandler } from './handle-request.js';
 
 export interface GatewayOptions {
@@ -183,6 +186,11 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     port: loaded.config.admin.port,
     metrics: { contentType: metrics.registry.contentType, text: () => metrics.registry.metrics() },
     readiness: () => ({ ready: listening, detail: { snapshot: snapshot.version, tenants: snapshot.tenants.length } }),
+    access: createAdminAccess(adminAccessSettings(loaded)),
+    status: createStatusSource({
+      topology: () => topologyOf(snapshot.tenants.map((t) => t.config), 'one process'),
+      read: registryReader(metrics.registry),
+    }),
   });
 
   const warmKeys = (s: Snapshot): void => {

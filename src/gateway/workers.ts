@@ -16,9 +16,12 @@ import { availableParallelism } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import { createAdminServer, type AdminServer } from '../admin/admin-server.js';
+import { adminAccessSettings, createAdminAccess } from '../admin/access.js';
 import { backoffMs } from '../backoff.js';
 import type { LoadedConfig } from '../config/load.js';
 import type { Logger } from '../observability/logger.js';
+import { expositionReader } from '../status/metric-reader.js';
+import { createStatusSource, topologyOf } from '../status/status-source.js';
 
 /** What a worker tells the primary. */
 export interface WorkerMessage {
@@ -98,6 +101,12 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
     readiness: () => ({
       ready: !stopping && serving.size === count,
       detail: { workers: count, serving: serving.size },
+    }),
+    access: createAdminAccess(adminAccessSettings(base)),
+    // Tenants from the config file; the numbers are every worker's, merged.
+    status: createStatusSource({
+      topology: () => topologyOf(base.config.tenants, `${count} workers`),
+      read: expositionReader(() => aggregator.clusterMetrics()),
     }),
   });
 
