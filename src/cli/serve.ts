@@ -1,11 +1,12 @@
 /** `meshgate serve`, `meshgate check` and `meshgate crd`. */
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { parseAllDocuments, stringify } from 'yaml';
 import { ConfigError } from '../config/issues.js';
 import { loadConfig, loadConfigText, type LoadedConfig } from '../config/load.js';
 import { startServing } from '../gateway/serve.js';
-import { defaultWorkers, isWorker, reportServing, runPrimary } from '../gateway/workers.js';
+import { defaultWorkers, isWorker, reportServing, runPrimary, WORKER_SLOT_ENV } from '../gateway/workers.js';
+import { checkAuditFile, createAuditFile, workerAuditFile, type AuditFile } from '../observability/audit-file.js';
 import { createLogger } from '../observability/logger.js';
 import { weaknesses } from '../listener/tls-profile.js';
 import { meshTenantCrd } from '../tenancy/crd.js';
@@ -35,13 +36,43 @@ export async function runServe(args: readonly string[]): Promise<number> {
   const base = loadOrReport(() => loadConfig(path));
   if (!base) return 1;
 
+  // One process, one audit file: each worker rotates a file of its own (src/observability/audit-file.ts).
+  const auditConfig = base.config.logging.audit;
+  const auditPath = auditConfig === undefined ? undefined : resolve(dirname(path), auditConfig.file);
   if (workers > 1 && !isWorker()) {
+    if (auditPath !== undefined) {
+      try {
+        for (let slot = 1; slot <= workers; slot++) checkAuditFile(workerAuditFile(auditPath, slot));
+      } catch (err) {
+        console.error((err as Error).message);
+        return 1;
+      }
+    }
     const logger = createLogger(base.config.logging.level).child({ role: 'primary' });
     return runPrimary({ workers, base, logger, drainMs });
   }
 
-  const running = await startServing(path, base, loadOrReport, { worker: isWorker() });
-  if (!running) return 1;
+  let audit: AuditFile | undefined;
+  if (auditConfig !== undefined && auditPath !== undefined) {
+    const slot = Number(process.env[WORKER_SLOT_ENV]);
+    try {
+      audit = createAuditFile({
+        file: isWorker() && Number.isInteger(slot) ? workerAuditFile(auditPath, slot) : auditPath,
+        maxSize: auditConfig.maxSize,
+        maxFiles: auditConfig.maxFiles,
+        onError: (err) => console.error(`meshgate: audit file: ${err.message}`),
+      });
+    } catch (err) {
+      console.error((err as Error).message);
+      return 1;
+    }
+  }
+  const root = audit === undefined ? undefined : createLogger(base.config.logging.level, undefined, undefined, audit);
+  const running = await startServing(path, base, loadOrReport, { worker: isWorker(), ...(root ? { logger: root } : {}) });
+  if (!running) {
+    await audit?.close();
+    return 1;
+  }
   const { gateway } = running;
   const { logger } = gateway;
   if (isWorker()) reportServing(gateway.metrics.registry, running.addresses.listeners);
@@ -64,6 +95,7 @@ export async function runServe(args: readonly string[]): Promise<number> {
   await gateway.close(Number.isFinite(drainMs) ? drainMs : 10_000);
   logger.info('stopped');
   logger.flush();
+  await audit?.close();
   // The channel to the primary would keep a worker alive.
   if (isWorker()) process.disconnect();
   return 0;

@@ -386,7 +386,21 @@ export const configSchema = z
       })
       .default({ host: '127.0.0.1', port: 9901, access: { sourceCIDRs: [...ADMIN_LOOPBACK] } }),
     logging: z
-      .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        /**
+         * The audit lines (each request's line, each kube long-running start) also to this file,
+         * rotated by size: `<file>.1` … `<file>.<maxFiles>` kept. Relative to the config file.
+         * With `serve --workers N`, each worker writes `<name>-worker-<k><ext>` of its own.
+         */
+        audit: z
+          .strictObject({
+            file: z.string().min(1),
+            maxSize: size.refine((bytes) => bytes >= 1024, 'at least 1KiB').default(100 * 1024 * 1024),
+            maxFiles: z.number().int().min(0).max(1000).default(5),
+          })
+          .optional(),
+      })
       .default({ level: 'info' }),
     security: z
       .strictObject({ allowLoopbackUpstreams: z.boolean().default(false) })

@@ -23,6 +23,12 @@ import type { Logger } from '../observability/logger.js';
 import { expositionReader } from '../status/metric-reader.js';
 import { createStatusSource, topologyOf } from '../status/status-source.js';
 
+/**
+ * Which of the N places a worker fills, 1 to N, in its environment. A worker replacing one that
+ * died takes its slot, so that per-worker files (the audit log's) stay N and never have two writers.
+ */
+export const WORKER_SLOT_ENV = 'MESHGATE_WORKER_SLOT';
+
 /** What a worker tells the primary. */
 export interface WorkerMessage {
   readonly type: 'meshgate:serving';
@@ -82,8 +88,10 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   let allServing: (() => void) | undefined;
-  const fork = (): Worker => {
-    const worker = cluster.fork();
+  const slots = new Map<number, number>();
+  const fork = (slot: number): Worker => {
+    const worker = cluster.fork({ [WORKER_SLOT_ENV]: String(slot) });
+    slots.set(worker.id, slot);
     // The channel also carries prom-client's metrics answers.
     worker.on('message', (message: { readonly type?: unknown }) => {
       if (message.type !== 'meshgate:serving') return;
@@ -124,7 +132,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
       cluster.off('exit', onExit);
       resolve(serving.values().next().value);
     };
-    for (let i = 0; i < count; i++) fork();
+    for (let slot = 1; slot <= count; slot++) fork(slot);
   });
   if (first === undefined || first === 'stopped') {
     stopping = true;
@@ -136,11 +144,13 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
 
   cluster.on('exit', (worker, code, signal) => {
     serving.delete(worker.id);
+    const slot = slots.get(worker.id) ?? 1;
+    slots.delete(worker.id);
     if (stopping) return;
     const delay = backoffMs(restarts++);
     logger.error({ pid: worker.process.pid, code, signal, restartInMs: delay }, 'worker exited; replacing it');
     setTimeout(() => {
-      if (!stopping) fork();
+      if (!stopping) fork(slot);
     }, delay).unref();
   });
 

@@ -3,6 +3,7 @@
  * call cannot leak one: Authorization and cookie headers, tokens, keys.
  */
 import { pino, type Logger, type DestinationStream } from 'pino';
+import type { AuditFile } from './audit-file.js';
 
 export type { Logger };
 
@@ -41,25 +42,78 @@ export function droppedLogLines(): number {
  * write for many lines instead of a blocking write per line. The buffer is also written every
  * 250 ms, so that at low traffic a line never waits for the buffer to fill. When 16 MiB are
  * waiting, new lines are dropped and counted. `flush()` before exiting.
+ *
+ * With an audit file, the audit lines (see `isAuditLine`) also go to that file, whatever the
+ * level: an audit trail does not depend on how talkative the rest of the log is set to be.
  */
-export function createLogger(level: string, destination?: DestinationStream, maxBufferedBytes = MAX_BUFFERED_LOG_BYTES): Logger {
+export function createLogger(level: string, destination?: DestinationStream, maxBufferedBytes = MAX_BUFFERED_LOG_BYTES, audit?: AuditFile): Logger {
   let target = destination;
+  let flushTarget: ((callback: (err?: Error) => void) => void) | undefined;
   if (target === undefined) {
     const stdout = pino.destination({ dest: 1, sync: false, minLength: 4096, maxLength: maxBufferedBytes });
     stdout.on('drop', () => droppedLines++);
     setInterval(() => stdout.flush(), FLUSH_INTERVAL_MS).unref();
     target = stdout;
+    flushTarget = (callback) => stdout.flush(callback);
   }
-  return pino(
-    {
-      level,
-      base: { service: 'meshgate' },
-      timestamp: pino.stdTimeFunctions.isoTime,
-      redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
-      formatters: { level: (label) => ({ level: label }) },
+  const options = {
+    level,
+    base: { service: 'meshgate' },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
+    formatters: { level: (label: string) => ({ level: label }) },
+  };
+  if (audit === undefined) return pino(options, target);
+  return pino({ ...options, level: lowerLevel(level, 'info') }, teeAudit(target, level, audit, flushTarget));
+}
+
+/**
+ * The messages that make the audit trail: one line per request when it is over (access-log.ts),
+ * and the start of each kube long-running request (watch, exec, attach, port-forward), whose end
+ * is its request line, possibly hours later.
+ */
+export const AUDIT_MESSAGES = ['request', 'request failed inside meshgate', 'kube long-running request started'] as const;
+const AUDIT_ENDINGS = AUDIT_MESSAGES.map((message) => `"msg":${JSON.stringify(message)}}\n`);
+
+/**
+ * Whether a line pino wrote is an audit line. pino writes the message last, and anything a client
+ * sent is escaped inside a JSON string before it, so the line's ending says which message it is.
+ */
+export function isAuditLine(line: string): boolean {
+  return AUDIT_ENDINGS.some((ending) => line.endsWith(ending));
+}
+
+function lowerLevel(a: string, b: string): string {
+  const value = (label: string): number => (label === 'silent' ? Infinity : (pino.levels.values[label] ?? 30));
+  return value(a) <= value(b) ? a : b;
+}
+
+/** The log's own stream at the configured level, and the audit file for audit lines at any level. */
+function teeAudit(
+  target: DestinationStream,
+  level: string,
+  audit: AuditFile,
+  flushTarget: ((callback: (err?: Error) => void) => void) | undefined,
+): DestinationStream & { flush(callback?: (err?: Error) => void): void } {
+  const threshold = level === 'silent' ? Infinity : (pino.levels.values[level] ?? 30);
+  return {
+    write(line: string) {
+      if (levelOfLine(line) >= threshold) target.write(line);
+      if (isAuditLine(line)) audit.write(line);
     },
-    target,
-  );
+    flush(callback) {
+      const done = (): void => audit.flush(callback);
+      if (flushTarget) flushTarget(() => done());
+      else done();
+    },
+  };
+}
+
+/** The numeric level of a line written with the `{"level":"<label>"` formatter above. */
+function levelOfLine(line: string): number {
+  const start = '{"level":"'.length;
+  const end = line.indexOf('"', start);
+  return pino.levels.values[line.slice(start, end)] ?? Infinity;
 }
 
 /**

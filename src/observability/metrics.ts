@@ -4,6 +4,7 @@
  * plane, listener and stable codes, never a token, a path or an identity.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { droppedAuditLines } from './audit-file.js';
 import { droppedLogLines } from './logger.js';
 
 export type Metrics = ReturnType<typeof createMetrics>;
@@ -52,6 +53,17 @@ export function createMetrics() {
       registers,
       collect() {
         const dropped = droppedLogLines();
+        const counted = seenDrops.get(this) ?? 0;
+        if (dropped > counted) this.inc(dropped - counted);
+        seenDrops.set(this, dropped);
+      },
+    }),
+    auditLinesDropped: new Counter({
+      name: 'meshgate_audit_lines_dropped_total',
+      help: 'Audit log lines dropped before reaching the audit file: 16 MiB were already waiting for the disk, or a write or rotation failed.',
+      registers,
+      collect() {
+        const dropped = droppedAuditLines();
         const counted = seenDrops.get(this) ?? 0;
         if (dropped > counted) this.inc(dropped - counted);
         seenDrops.set(this, dropped);

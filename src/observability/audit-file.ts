@@ -1,0 +1,224 @@
+/**
+ * The audit file: log lines appended to a file that is rotated by size. When the file would grow
+ * past `maxSize`, it becomes `<file>.1` (`.1` becomes `.2`, and so on; `<file>.<maxFiles>` is
+ * deleted), and a new `<file>` is started. Every file therefore holds at most `maxSize` bytes,
+ * unless one line alone is longer.
+ *
+ * Lines wait in a bounded queue and are written by one write at a time, never blocking the event
+ * loop. Rotation happens between writes, when nothing is in flight, so the sizes are exact. A disk
+ * that is slow or full costs at most `maxBufferedBytes`: past that, new lines are dropped and
+ * counted (meshgate_audit_lines_dropped_total), as for stdout.
+ *
+ * One process owns one file: with `serve --workers N`, each worker writes its own (see
+ * `workerAuditFile`), since two processes renaming the same file would lose lines.
+ */
+import { close as closeFd, closeSync, fstatSync, open as openFd, openSync, write as writeFd, writeSync } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { basename, dirname, extname, join } from 'node:path';
+import { promisify } from 'node:util';
+
+const open = promisify(openFd);
+const close = promisify(closeFd);
+const write = promisify(writeFd);
+
+export interface AuditFileOptions {
+  readonly file: string;
+  readonly maxSize: number;
+  /** Rotated files kept besides the current one (0: the current file is emptied instead). */
+  readonly maxFiles: number;
+  readonly maxBufferedBytes?: number;
+  /** A write or a rotation failed; the lines it held are counted as dropped. */
+  readonly onError?: (err: Error) => void;
+}
+
+export interface AuditFile {
+  readonly file: string;
+  /** Queues one line (ending in a newline); drops it when the queue is full. */
+  write(line: string): void;
+  /** Calls back when every line queued so far is written (or dropped). */
+  flush(callback?: (err?: Error) => void): void;
+  /** Writes what is queued now, synchronously: for a process about to exit. */
+  flushSync(): void;
+  /** Lines dropped so far: the queue was full, or a write failed. */
+  dropped(): number;
+  /** Writes what is queued, then closes the file; later lines are dropped. */
+  close(): Promise<void>;
+}
+
+const DEFAULT_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+/** One write takes up to this much of the queue. */
+const MAX_WRITE_BYTES = 256 * 1024;
+
+/** Lines dropped by every audit file of this process: meshgate_audit_lines_dropped_total. */
+let droppedTotal = 0;
+export function droppedAuditLines(): number {
+  return droppedTotal;
+}
+
+/** The file a worker writes: `audit.log` becomes `audit-worker-2.log` for the worker in slot 2. */
+export function workerAuditFile(file: string, slot: number): string {
+  const extension = extname(file);
+  return join(dirname(file), `${basename(file, extension)}-worker-${slot}${extension}`);
+}
+
+/** Throws, with the path and the reason, unless the file can be opened (or created) for appending. */
+export function checkAuditFile(file: string): void {
+  closeSync(openAudit(file));
+}
+
+function openAudit(file: string): number {
+  try {
+    return openSync(file, 'a', 0o640);
+  } catch (err) {
+    throw new Error(`logging.audit.file: cannot open ${file} for appending: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * Opens (or creates) the file for appending, synchronously: a path that cannot be written is an
+ * error at startup, with the path and the reason, not a silent gap in the audit trail.
+ */
+export function createAuditFile(options: AuditFileOptions): AuditFile {
+  const { file, maxSize, maxFiles } = options;
+  const maxBuffered = options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
+  let fd = openAudit(file);
+  let size = fstatSync(fd).size;
+  const queue: Buffer[] = [];
+  let queuedBytes = 0;
+  let busy = false;
+  let dropped = 0;
+  let closed = false;
+  let waiting: ((err?: Error) => void)[] = [];
+
+  const drop = (lines: number): void => {
+    dropped += lines;
+    droppedTotal += lines;
+  };
+  const countLines = (chunk: Buffer): number => {
+    let lines = 0;
+    for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
+    return lines;
+  };
+
+  /** The next chunk of whole lines to write, no bigger than the room left in the current file (at least one line). */
+  const takeChunk = (room: number): Buffer => {
+    const parts: Buffer[] = [];
+    let bytes = 0;
+    while (queue.length > 0) {
+      const next = queue[0] as Buffer;
+      if (parts.length > 0 && (bytes + next.length > room || bytes + next.length > MAX_WRITE_BYTES)) break;
+      parts.push(next);
+      bytes += next.length;
+      queue.shift();
+    }
+    queuedBytes -= bytes;
+    return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, bytes);
+  };
+
+  const rotate = async (): Promise<void> => {
+    await close(fd);
+    if (maxFiles === 0) {
+      await rm(file, { force: true });
+    } else {
+      await rm(`${file}.${maxFiles}`, { force: true });
+      for (let n = maxFiles - 1; n >= 1; n--) await rename(`${file}.${n}`, `${file}.${n + 1}`).catch(ignoreMissing);
+      await rename(file, `${file}.1`);
+    }
+    fd = await open(file, 'a', 0o640);
+    size = 0;
+  };
+
+  const pump = async (): Promise<void> => {
+    busy = true;
+    while (queue.length > 0) {
+      const first = queue[0] as Buffer;
+      if (size > 0 && size + first.length > maxSize) {
+        try {
+          await rotate();
+        } catch (err) {
+          // Without a file to write to, what is queued now is lost: counted, and said once per failure.
+          const lost = queue.splice(0);
+          queuedBytes = 0;
+          drop(lost.reduce((n, chunk) => n + countLines(chunk), 0));
+          options.onError?.(err as Error);
+          await reopenAfterFailure();
+          continue;
+        }
+      }
+      const chunk = takeChunk(Math.max(maxSize - size, 1));
+      try {
+        let offset = 0;
+        while (offset < chunk.length) {
+          const { bytesWritten } = await write(fd, chunk, offset);
+          offset += bytesWritten;
+        }
+        size += chunk.length;
+      } catch (err) {
+        drop(countLines(chunk));
+        options.onError?.(err as Error);
+      }
+    }
+    busy = false;
+    const done = waiting;
+    waiting = [];
+    for (const callback of done) callback();
+  };
+
+  /** After a failed rotation the descriptor may be closed: open the file again, or keep failing (and counting). */
+  const reopenAfterFailure = async (): Promise<void> => {
+    try {
+      fd = await open(file, 'a', 0o640);
+      size = fstatSync(fd).size;
+    } catch {
+      // The next line tries again.
+    }
+  };
+
+  const flush = (callback?: (err?: Error) => void): void => {
+    if (!busy && queue.length === 0) callback?.();
+    else if (callback) waiting.push(callback);
+  };
+
+  return {
+    file,
+    write(line) {
+      if (closed) {
+        drop(1);
+        return;
+      }
+      const chunk = Buffer.from(line, 'utf8');
+      if (queuedBytes + chunk.length > maxBuffered) {
+        drop(1);
+        return;
+      }
+      queue.push(chunk);
+      queuedBytes += chunk.length;
+      if (!busy) void pump();
+    },
+    flush,
+    flushSync() {
+      // A write in flight finishes on its own; what is queued is written now, past any rotation.
+      while (queue.length > 0) {
+        const chunk = takeChunk(MAX_WRITE_BYTES);
+        try {
+          let offset = 0;
+          while (offset < chunk.length) offset += writeSync(fd, chunk, offset);
+          size += chunk.length;
+        } catch {
+          drop(countLines(chunk));
+        }
+      }
+    },
+    dropped: () => dropped,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await new Promise<void>((resolve) => flush(() => resolve()));
+      await close(fd);
+    },
+  };
+}
+
+function ignoreMissing(err: NodeJS.ErrnoException): void {
+  if (err.code !== 'ENOENT') throw err;
+}
