@@ -42,6 +42,8 @@ export function observeRequest(context: RequestContext, metrics: Metrics, logger
     subject: identity?.subject,
     auth: identity?.method,
     cluster: identity?.cluster,
+    // The rule that allowed it (`access.<plane>[i]`, or `default`): only once the rules allowed.
+    rule: context.rule,
     upstreamStatus: context.upstreamStatus,
     grpcStatus: context.grpcStatus,
     durationMs: Math.round(durationMs * 100) / 100,

@@ -27,6 +27,11 @@ export interface RequestContext {
    * be refused there, MG_ERR_LIMIT_CONNECTIONS).
    */
   admit(authenticated: Authenticated): void;
+  /**
+   * The rule that allowed the request, for its access-log line: `access.<plane>[i]` by position in
+   * the tenant's list, or `default` when the plane has no rules. Unset until the rules allowed.
+   */
+  rule?: string;
   error?: MeshgateError;
   /** Set by the forwarder when the upstream answered. */
   upstreamStatus?: number;

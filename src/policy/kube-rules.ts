@@ -9,7 +9,7 @@
 import type { Identity } from '../auth/identity.js';
 import type { KubeAccessRule, KubePolicyRule, KubeProfile } from '../config/schema.js';
 import { MeshgateError } from '../errors.js';
-import { compileIdentityMatch } from './authorize.js';
+import { compileIdentityMatch, ruleName } from './authorize.js';
 import { describeKubeRequest, type KubeRequest } from './kube-request.js';
 
 const READ = ['get', 'list', 'watch'];
@@ -71,10 +71,12 @@ export const KUBE_PROFILE_RULES: Readonly<Record<KubeProfile, readonly KubePolic
   'kiali-readonly': KIALI_READONLY,
 };
 
-export type KubeDecision = (identity: Identity, cluster: string, request: KubeRequest) => void;
+/** Throws unless allowed; returns the rule whose allow (or profile) let the request through: `access.kube[i]`. */
+export type KubeDecision = (identity: Identity, cluster: string, request: KubeRequest) => string;
 
 export function createKubeDecision(rules: readonly KubeAccessRule[]): KubeDecision {
-  const compiled = rules.map((rule) => ({
+  const compiled = rules.map((rule, index) => ({
+    name: ruleName('kube', index),
     // `cluster` is the cluster the request goes to (a certificate names none of its own).
     matches: compileIdentityMatch(rule),
     allow: [...(rule.profiles ?? []).flatMap((p) => KUBE_PROFILE_RULES[p]), ...(rule.allow ?? [])].map(compilePolicyRule),
@@ -83,13 +85,14 @@ export function createKubeDecision(rules: readonly KubeAccessRule[]): KubeDecisi
   return (identity, cluster, request) => {
     const applicable = compiled.filter((rule) => rule.matches(identity, cluster));
     const denied = applicable.some((rule) => rule.deny.some((permits) => permits(request)));
-    const allowed = !denied && applicable.some((rule) => rule.allow.some((permits) => permits(request)));
-    if (!allowed) {
+    const allowedBy = denied ? undefined : applicable.find((rule) => rule.allow.some((permits) => permits(request)));
+    if (!allowedBy) {
       throw new MeshgateError('MG_ERR_KUBE_FORBIDDEN', {
         message: `${forbiddenSubject(request)}: User "${identity.subject}" cannot ${describeKubeRequest(request)} through meshgate`,
         detail: denied ? 'a deny rule matched' : 'no allow rule matched',
       });
     }
+    return allowedBy.name;
   };
 }
 

@@ -56,7 +56,7 @@ export function createDebugPlane(): Plane<DebugState> {
           certificates: tenant.certificates,
           tokens: tenant.tokens,
         }),
-        authorize: createAuthorizer(tenant.id, tenant.config.access.debug),
+        authorize: createAuthorizer(tenant.id, tenant.config.access.debug, 'debug'),
         upstream: leaseHttpUpstream(tenant, 'debug/upstream', upstreamConfig),
         ...(own ? { ownToken: { token: tenant.files.text(own.file).trim(), cluster: own.cluster } } : {}),
       };
@@ -75,7 +75,7 @@ export function createDebugPlane(): Plane<DebugState> {
 
       const authenticated = await state.authenticate({ socket: exchange.socket, authorization: exchange.headers.authorization });
       context.admit(authenticated);
-      state.authorize(authenticated.identity);
+      context.rule = state.authorize(authenticated.identity);
 
       const credential = authenticated.bearer
         ? { token: authenticated.bearer.token, cluster: authenticated.bearer.identity.cluster ?? '' }

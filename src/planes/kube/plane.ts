@@ -168,7 +168,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         const actor = actorOf(authenticated, cluster);
         state.sameTenant(actor);
         request = parseKubeRequest(exchange.method, route.path, target.query);
-        state.decide(actor, cluster.id, request);
+        context.rule = state.decide(actor, cluster.id, request);
         if (exchange.protocol === 'upgrade' && (!TUNNEL_SUBRESOURCES.has(request.subresource) || request.resource !== 'pods')) {
           throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', { message: 'upgrades are for pods exec, attach and portforward only' });
         }

@@ -62,7 +62,7 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
           pathKey:
             settings.pathKeyFile === undefined ? undefined : createPathKey(tenant.id, tenant.files.text(settings.pathKeyFile)),
         }),
-        authorize: createAuthorizer(tenant.id, tenant.config.access.webhook),
+        authorize: createAuthorizer(tenant.id, tenant.config.access.webhook, 'webhook'),
         checkSource: createSourceCheck(settings.sourceCIDRs),
         upstream: leaseHttpUpstream(tenant, 'webhook/upstream', istiod.webhook),
         bodyBudget: tenant.resources.use('webhook/body-budget', settings.maxBufferedBytes, () =>
@@ -94,7 +94,7 @@ export function createWebhookPlane(deps: WebhookPlaneDeps): Plane<WebhookState> 
         pathKey: path.pathKey,
       });
       context.admit(authenticated);
-      state.authorize(authenticated.identity);
+      context.rule = state.authorize(authenticated.identity);
       const { identity } = authenticated;
       for (const cluster of path.clusters) {
         if (!tenant.clusters.has(cluster)) {

@@ -128,7 +128,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
           certificates: tenant.certificates,
           tokens: tenant.tokens,
         }),
-        authorize: createAuthorizer(tenant.id, tenant.config.access.xds),
+        authorize: createAuthorizer(tenant.id, tenant.config.access.xds, 'xds'),
         mayCall: createMethodPolicy(tenant.config.access.xds),
         debugEndpoints: new Set(tenant.config.debug.endpoints ?? DEFAULT_DEBUG_ENDPOINTS),
         pool: leasePool(tenant, upstream),
@@ -150,7 +150,8 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       const authenticated = await state.authenticate({ socket: exchange.socket, authorization: exchange.headers.authorization });
       context.admit(authenticated);
       state.authorize(authenticated.identity);
-      state.mayCall(authenticated.identity, target.path);
+      // The rule that allowed is the one that grants the method too.
+      context.rule = state.mayCall(authenticated.identity, target.path);
       const credential = upstreamCredential(context, state, authenticated.bearer);
 
       const headers: OutgoingHttpHeaders = {};

@@ -10,10 +10,11 @@ import type { Identity } from '../../auth/identity.js';
 import type { XdsAccessRule } from '../../config/schema.js';
 import { MeshgateError } from '../../errors.js';
 import type { DiscoveryRequestFields } from '../../grpc/discovery-request.js';
-import { compileIdentityMatch } from '../../policy/authorize.js';
+import { compileIdentityMatch, DEFAULT_RULE, ruleName } from '../../policy/authorize.js';
 import { checkDebugEndpoint } from '../debug/endpoints.js';
 
-export type MethodPolicy = (identity: Identity, method: string) => void;
+/** Throws unless the method is granted; returns the rule that granted it (`access.xds[i]`, or `default` without rules). */
+export type MethodPolicy = (identity: Identity, method: string) => string;
 
 export function createMethodPolicy(rules: readonly XdsAccessRule[] | undefined): MethodPolicy {
   const compiled = rules?.map((rule) => ({ matches: compileIdentityMatch(rule), methods: rule.methods }));
@@ -21,15 +22,13 @@ export function createMethodPolicy(rules: readonly XdsAccessRule[] | undefined):
     methods === undefined ? name !== 'CreateCertificate' || identity.method === 'token' : methods.includes(name);
   return (identity, method) => {
     const name = method.slice(method.lastIndexOf('/') + 1);
-    const allowed = compiled
-      ? compiled.some((rule) => rule.matches(identity, identity.cluster) && grants(rule.methods, identity, name))
-      : grants(undefined, identity, name);
-    if (!allowed) {
-      throw new MeshgateError('MG_ERR_AUTHZ_DENIED', {
-        message: `${name} is not granted to this caller${name === 'CreateCertificate' && identity.method !== 'token' ? ': a certificate caller needs a rule naming it' : ''}`,
-        detail: `${identity.method} ${identity.subject} may not call ${name}`,
-      });
-    }
+    if (!compiled && grants(undefined, identity, name)) return DEFAULT_RULE;
+    const index = compiled?.findIndex((rule) => rule.matches(identity, identity.cluster) && grants(rule.methods, identity, name)) ?? -1;
+    if (index !== -1) return ruleName('xds', index);
+    throw new MeshgateError('MG_ERR_AUTHZ_DENIED', {
+      message: `${name} is not granted to this caller${name === 'CreateCertificate' && identity.method !== 'token' ? ': a certificate caller needs a rule naming it' : ''}`,
+      detail: `${identity.method} ${identity.subject} may not call ${name}`,
+    });
   };
 }
 
