@@ -13,6 +13,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { createServer as createTlsServer, type SecureContext, type TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
 import { MeshgateError, type ErrorCode } from '../errors.js';
+import { createHandshakeLog } from '../observability/handshake-log.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { tlsServerOptions } from './tls-profile.js';
@@ -66,6 +67,9 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
   const { name, config, metrics, logger } = options;
   const sockets = new Set<TLSSocket>();
   const sessions = new Set<Http2Session>();
+  const handshakeLog = createHandshakeLog(name, logger);
+  /** The SNI each socket sent, from the SNI callback: a handshake that then fails may not expose it. */
+  const sniOf = new WeakMap<TLSSocket, string>();
 
   const h1 = createHttpServer({
     maxHeaderSize: config.maxHeaderSize,
@@ -185,7 +189,11 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
     rejectUnauthorized: false,
     ALPNProtocols: ['h2', 'http/1.1'],
     handshakeTimeout: config.handshakeTimeout,
-    SNICallback: (serverName, callback) => callback(null, options.contextFor(serverName.toLowerCase())),
+    // A regular function: `this` is the socket, whose SNI a failed handshake may not keep.
+    SNICallback(this: TLSSocket, serverName, callback) {
+      sniOf.set(this, serverName);
+      callback(null, options.contextFor(serverName.toLowerCase()));
+    },
   });
   server.maxConnections = config.maxConnections;
   server.on('secureConnection', (socket: TLSSocket) => {
@@ -207,7 +215,8 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
   });
   server.on('tlsClientError', (err, socket) => {
     metrics.tlsHandshakeErrors.inc({ listener: name });
-    logger.debug({ listener: name, err: err.message, remote: socket.remoteAddress }, 'TLS handshake failed');
+    const servername = (socket as { servername?: unknown }).servername;
+    handshakeLog.failed({ sni: sniOf.get(socket) ?? (typeof servername === 'string' ? servername : undefined), remote: socket.remoteAddress, err });
     socket.destroy();
   });
 
@@ -232,6 +241,7 @@ export function createTlsListener(options: TlsListenerOptions): TlsListener {
       }
       for (const socket of sockets) socket.destroy();
       await closed;
+      handshakeLog.close();
     },
   };
 }
