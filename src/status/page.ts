@@ -27,7 +27,8 @@ h2 { font-size: 1.1rem; margin: 0 0 .25rem; }
 .figures { display: flex; flex-wrap: wrap; gap: 1.25rem; margin: .75rem 0 .25rem; }
 .figure b { display: block; font-size: 1.4rem; font-variant-numeric: tabular-nums; }
 .figure span { color: var(--muted); font-size: .8rem; }
-.spark { width: 100%; height: 32px; display: block; }
+.trend span { color: var(--muted); font-size: .8rem; }
+.spark { width: 100%; height: 32px; display: block; border-bottom: 1px solid var(--line); }
 .spark polyline { fill: none; stroke: #2563eb; stroke-width: 1.5; vector-effect: non-scaling-stroke; }
 table { border-collapse: collapse; width: 100%; margin-top: .75rem; font-variant-numeric: tabular-nums; }
 caption { text-align: left; font-weight: 600; padding-bottom: .25rem; }
@@ -55,7 +56,8 @@ const SCRIPT = `
   const span = (seconds) => (seconds < 60 ? seconds + ' s' : Math.floor(seconds / 60) + ' min');
   const days = (seconds, now) => Math.floor((seconds * 1000 - now) / 86400000);
   const expiryClass = (d) => (d < 0 ? 'expired' : d < 30 ? 'soon' : '');
-  const points = (rates) => {
+  const points = (values) => {
+    const rates = values.length > 1 ? values : [values[0] ?? 0, values[0] ?? 0];
     const max = Math.max(1, ...rates);
     const step = 240 / Math.max(1, rates.length - 1);
     return rates.map((r, i) => (i * step).toFixed(1) + ',' + (31 - (r / max) * 29).toFixed(1)).join(' ');
@@ -81,11 +83,11 @@ const SCRIPT = `
       meta('hosts', t.hosts), meta('clusters', t.clusters), meta('istiod xDS', t.istiod),
       el('div', { class: 'figures' },
         figure('requestRate', rate(t.requestRate), 'requests/s (' + report.rateSeconds + ' s)'),
-        figure('denials', denied, 'denials (' + span(report.windowSeconds) + ')'),
+        figure('denials', denied, 'denials, last ' + span(report.windowSeconds)),
         figure('xdsStreams', t.xdsStreams, 'xDS streams'),
         figure('watches', t.watches, 'kube watches'),
         figure('tunnels', t.tunnels, 'kube tunnels')),
-      svg,
+      el('div', { class: 'trend' }, el('span', {}, 'requests/s, last ' + span(report.windowSeconds)), svg),
       table('replicas', 'istiod replicas', ['replica', 'health', 'sessions'],
         t.replicas.map((r) => el('tr', { 'data-replica': r.replica }, el('td', {}, r.replica),
           el('td', { class: r.up === null ? 'none' : r.up ? 'up' : 'down' }, r.up === null ? 'unknown' : r.up ? 'up' : 'down'),
@@ -161,7 +163,9 @@ const date = (seconds: number): string => `${new Date(seconds * 1000).toISOStrin
 const span = (seconds: number): string => (seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min`);
 const days = (seconds: number, now: number): number => Math.floor((seconds * 1000 - now) / 86_400_000);
 const expiryClass = (d: number): string => (d < 0 ? 'expired' : d < 30 ? 'soon' : '');
-const points = (rates: readonly number[]): string => {
+/** A line across the box (a flat one until there are two rates to join). */
+const points = (values: readonly number[]): string => {
+  const rates = values.length > 1 ? values : [values[0] ?? 0, values[0] ?? 0];
   const max = Math.max(1, ...rates);
   const step = 240 / Math.max(1, rates.length - 1);
   return rates.map((r, i) => `${(i * step).toFixed(1)},${(31 - (r / max) * 29).toFixed(1)}`).join(' ');
@@ -201,12 +205,17 @@ function tenant(t: TenantStatus, report: StatusReport): { html: string } {
       'div',
       { class: 'figures' },
       figure('requestRate', rate(t.requestRate), `requests/s (${report.rateSeconds} s)`),
-      figure('denials', denied, `denials (${span(report.windowSeconds)})`),
+      figure('denials', denied, `denials, last ${span(report.windowSeconds)}`),
       figure('xdsStreams', t.xdsStreams, 'xDS streams'),
       figure('watches', t.watches, 'kube watches'),
       figure('tunnels', t.tunnels, 'kube tunnels'),
     ),
-    el('svg', { class: 'spark', viewBox: '0 0 240 32', preserveAspectRatio: 'none' }, el('polyline', { points: points(t.requestRates) })),
+    el(
+      'div',
+      { class: 'trend' },
+      el('span', {}, `requests/s, last ${span(report.windowSeconds)}`),
+      el('svg', { class: 'spark', viewBox: '0 0 240 32', preserveAspectRatio: 'none' }, el('polyline', { points: points(t.requestRates) })),
+    ),
     table(
       'replicas',
       'istiod replicas',
