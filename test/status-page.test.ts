@@ -15,6 +15,7 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { STATUS_PAGE_HEADERS, renderStatusPage } from '../src/status/page.js';
 import type { StatusReport } from '../src/status/status-source.js';
+import { sandboxGuide } from '../src/sandbox/guide.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { call } from './helpers/client.js';
 import { ROOT } from './helpers/cli.js';
@@ -143,6 +144,14 @@ describe('the status page with the sandbox', () => {
     );
     expect(problems).toEqual([]);
     await page.close();
+  });
+
+  it("is the address the sandbox's guide prints", async () => {
+    const printed = /^ {2}status: +(\S+)/m.exec(sandboxGuide(sandbox.info))?.[1];
+    expect(printed).toBe(`${sandbox.info.admin}/status`);
+    const res = await fetch(printed ?? '');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe('text/html; charset=utf-8');
   });
 
   it('is served under a strict Content-Security-Policy, and its data as JSON', async () => {

@@ -41,6 +41,7 @@ export function sandboxGuide(info: SandboxInfo): string {
   const lines = [
     'meshgate sandbox is running.',
     `  files:   ${info.dir}  (sandbox.json describes every endpoint; meshgate.yaml is the config in use)`,
+    `  status:  ${info.admin}/status  (open it in a browser: tenants, request rates, denials, xDS streams, live)`,
     `  admin:   ${info.admin}/metrics  /healthz  /readyz`,
     `  webhook: 127.0.0.1:${webhookPort}    debug (api): 127.0.0.1:${apiPort}    xds: 127.0.0.1:${info.listeners.xds.port}`,
     '',
@@ -78,7 +79,8 @@ export function sandboxGuide(info: SandboxInfo): string {
     `  ${kubectl(globexMain, ['get pods -n bookinfo --watch --output-watch-events'])}`,
     `  ${kubectl(acmeEast, [`--server https://127.0.0.1:${apiPort}/clusters/${globexCluster} --tls-server-name ${acme.host}`, 'get pods -n bookinfo'])}`,
     '',
-    '7. What meshgate counted:',
+    '7. What meshgate counted, as the status page shows it (open it in a browser) and as Prometheus reads it:',
+    `  ${info.admin}/status`,
     `  curl -sS ${info.admin}/metrics | grep '^meshgate_http_requests_total'`,
     '',
     'Requests appear below as meshgate and the stand-in istiods see them. Ctrl-C stops everything.',
