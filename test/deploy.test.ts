@@ -15,7 +15,7 @@ import { parse, parseAllDocuments } from 'yaml';
 import { loadConfig, parseConfig } from '../src/config/load.js';
 import type { Config } from '../src/config/schema.js';
 import { createCertificateAuthority, issueCertificate } from '../src/pki/certificates.js';
-import { admitMeshTenants, secretReader, TENANT_LABEL, tenantFromMeshTenant, type MeshTenantObject } from '../src/tenancy/mesh-tenant.js';
+import { admitMeshTenants, secretReader, TENANT_LABEL, tenantFromMeshTenant } from '../src/tenancy/mesh-tenant.js';
 import { ROOT } from './helpers/cli.js';
 
 const KUBECTL = '/usr/bin/kubectl';
@@ -320,7 +320,7 @@ function callsOfTheTenantSource(): string[] {
 }
 
 const EXAMPLE = join(DEPLOY, 'overlays/kubernetes-config/examples/meshtenant-acme.yaml');
-const exampleObject = (): MeshTenantObject & K8s => parse(readFileSync(EXAMPLE, 'utf8')) as MeshTenantObject & K8s;
+const exampleObject = (): K8s => parse(readFileSync(EXAMPLE, 'utf8')) as K8s;
 
 /** The example MeshTenant as a tenant of the config, validated. */
 function exampleTenant(): Config['tenants'][number] {
@@ -342,7 +342,7 @@ describe('the example MeshTenant', () => {
   const schema = version!.schema.openAPIV3Schema as K8s;
   // strict: false lets the x-kubernetes-* keywords through. Formats as the API server checks them.
   const ajv = new Ajv({ strict: false, allErrors: true, formats: { uri: (s: string) => URL.canParse(s), int64: true, 'date-time': true } });
-  const validate = ajv.compile(asDraft7(schema));
+  const validate = ajv.compile(asDraft7(schema) as object);
   const tmp = mkdtempSync(join(tmpdir(), 'meshgate-deploy-'));
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
