@@ -146,6 +146,8 @@ describe.each([
     expect(drain).toBeGreaterThan(0);
     expect(pod.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(sleep + drain + 5);
     expect(deployment.spec.strategy.rollingUpdate).toEqual({ maxUnavailable: 0, maxSurge: 1 });
+    // Rollouts paced: one pod's reconnect storm is over before the next pod drains.
+    expect(deployment.spec.minReadySeconds).toBeGreaterThanOrEqual(sleep);
   });
 
   it('requests resources, runs one worker per requested core, and spreads pods over zones and nodes', () => {
