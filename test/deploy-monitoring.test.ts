@@ -210,19 +210,22 @@ const ALERT_TESTS = [
     ],
   },
   {
-    // acme: 0.1 denial/s for two hours, then 5/s. beta: a steady 2/s. gamma: none at all, then 5/s.
+    // acme: 0.1 denial/s for two hours, then 5/s for an hour. beta: a steady 2/s. gamma: none at all, then 5/s.
     // "-" (no tenant: scans, unknown names) is never a tenant's spike.
     interval: '1m',
     input_series: [
-      series('meshgate_denials_total', { pod: 'meshgate-a', tenant: 'acme', plane: 'kube', reason: 'MG_ERR_AUTHZ_DENIED' }, '0+6x120 720+300x40'),
-      series('meshgate_denials_total', { pod: 'meshgate-a', tenant: 'beta', plane: 'kube', reason: 'MG_ERR_AUTHZ_DENIED' }, '0+120x160'),
-      series('meshgate_denials_total', { pod: 'meshgate-a', tenant: 'gamma', plane: 'xds', reason: 'MG_ERR_AUTHN_TOKEN' }, '_x120 0+300x40'),
-      series('meshgate_denials_total', { pod: 'meshgate-a', tenant: '-', plane: '-', reason: 'MG_ERR_TENANT_UNKNOWN' }, '0+3000x160'),
+      series('meshgate_denials_total', { pod: 'meshgate-a', tenant: 'acme', plane: 'kube', reason: 'MG_ERR_AUTHZ_DENIED' }, '0+6x120 720+300x60'),
+      series('meshgate_denials_total', { pod: 'meshgate-a', tenant: 'beta', plane: 'kube', reason: 'MG_ERR_AUTHZ_DENIED' }, '0+120x180'),
+      series('meshgate_denials_total', { pod: 'meshgate-a', tenant: 'gamma', plane: 'xds', reason: 'MG_ERR_AUTHN_TOKEN' }, '_x120 0+300x60'),
+      series('meshgate_denials_total', { pod: 'meshgate-a', tenant: '-', plane: '-', reason: 'MG_ERR_TENANT_UNKNOWN' }, '0+3000x180'),
     ],
     alert_rule_test: [
       alert('MeshgateDenialsSpiking', '110m'),
       alert('MeshgateDenialsSpiking', '124m'),
       alert('MeshgateDenialsSpiking', '135m', { severity: 'warning', tenant: 'acme' }, { severity: 'warning', tenant: 'gamma' }),
+      // Half an hour into the spike it still is one; after 40 minutes it is the baseline.
+      alert('MeshgateDenialsSpiking', '155m', { severity: 'warning', tenant: 'acme' }, { severity: 'warning', tenant: 'gamma' }),
+      alert('MeshgateDenialsSpiking', '175m'),
     ],
   },
   {
