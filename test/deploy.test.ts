@@ -103,6 +103,8 @@ describe.each([
     expect(config.security.allowLoopbackUpstreams).toBe(false);
     const mount = (container.volumeMounts as K8s[]).find((m) => m.name === 'config')!;
     expect(posix.join(mount.mountPath as string, 'meshgate.yaml')).toBe(arg('--config'));
+    // The same name across edits: meshgate reloads the file in place, and no rollout ends streams.
+    expect(configMap.metadata.name).toBe('meshgate-config');
     expect((pod.volumes as K8s[]).find((v) => v.name === 'config')?.configMap.name).toBe(configMap.metadata.name);
   });
 
