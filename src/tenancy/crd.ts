@@ -108,6 +108,13 @@ function structural(node: JsonSchema): JsonSchema {
     // Strings of several formats (IPv4 or IPv6 CIDRs) are strings; other unions keep what they hold.
     return branches.every((b) => b.type === 'string') ? { type: 'string' } : { 'x-kubernetes-preserve-unknown-fields': true };
   }
+  // A map with a closed set of keys (z.partialRecord of an enum): Kubernetes has no propertyNames,
+  // so each key becomes a property of its own.
+  const keys = (node.propertyNames as JsonSchema | undefined)?.enum as string[] | undefined;
+  if (keys !== undefined && typeof node.additionalProperties === 'object') {
+    const value = structural(node.additionalProperties as JsonSchema);
+    return { type: 'object', properties: Object.fromEntries(keys.map((key) => [key, value])) };
+  }
   const out: JsonSchema = {};
   for (const [key, value] of Object.entries(node)) {
     if (key === '$schema' || key === 'default' || key === 'additionalProperties') continue;
