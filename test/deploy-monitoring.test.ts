@@ -261,17 +261,15 @@ const ALERT_TESTS = [
     ],
   },
   {
-    // a: its first reload ever fails at minute 30 (the series is new) and nothing good comes
-    //    after: it keeps firing, hours later too.
-    // b: fails at 30, a good reload at 40: fires between, quiet after.
-    // c: good reloads, then one fails at 20 after an earlier failure at 5 that a success followed.
+    // a: a reload refused at minute 30, and nothing good after it: fires from 31 on, hours later too.
+    // b: refused at 30, a good reload at 40: fires between, quiet after.
+    // c: a pod with two series (two scrape targets, say), one refused at 20: the pod fires.
     interval: '1m',
     input_series: [
-      series('meshgate_config_reloads_total', { pod: 'meshgate-a', result: 'failure' }, '_x30 1x200'),
-      series('meshgate_config_reloads_total', { pod: 'meshgate-b', result: 'failure' }, '_x30 1x200'),
-      series('meshgate_config_reloads_total', { pod: 'meshgate-b', result: 'success' }, '_x40 1x190'),
-      series('meshgate_config_reloads_total', { pod: 'meshgate-c', result: 'success' }, '2x10 3x220'),
-      series('meshgate_config_reloads_total', { pod: 'meshgate-c', result: 'failure' }, '_x5 1x15 2x210'),
+      series('meshgate_config_last_reload_successful', { pod: 'meshgate-a' }, '1x30 0x200'),
+      series('meshgate_config_last_reload_successful', { pod: 'meshgate-b' }, '1x30 0x10 1x190'),
+      series('meshgate_config_last_reload_successful', { pod: 'meshgate-c', instance: 'w1' }, '1x230'),
+      series('meshgate_config_last_reload_successful', { pod: 'meshgate-c', instance: 'w2' }, '1x20 0x210'),
     ],
     alert_rule_test: [
       alert('MeshgateConfigReloadFailing', '15m'),

@@ -159,6 +159,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
   metrics.configVersion.set(snapshot.version);
   metrics.configLoadedAt.set(snapshot.loadedAt.getTime() / 1000);
   recordExpiries(snapshot, []);
+  metrics.configLastReloadSuccessful.set(1);
   let listening = false;
 
   const rates = createRequestRates();
@@ -219,12 +220,14 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
         fresh = build(load());
       } catch (err) {
         metrics.configReloads.inc({ result: 'failure' });
+        metrics.configLastReloadSuccessful.set(0);
         throw err;
       }
       const before = new Set(snapshot.tenants.map((t) => t.id));
       snapshot = fresh;
       rates.retain(new Set(fresh.tenants.map((t) => t.id)));
       metrics.configReloads.inc({ result: 'success' });
+      metrics.configLastReloadSuccessful.set(1);
       metrics.configVersion.set(fresh.version);
       metrics.configLoadedAt.set(fresh.loadedAt.getTime() / 1000);
       recordExpiries(fresh, [...before]);

@@ -76,6 +76,12 @@ export function createMetrics() {
       aggregator: 'max',
       registers,
     }),
+    configLastReloadSuccessful: new Gauge({
+      name: 'meshgate_config_last_reload_successful',
+      help: 'Whether the last config reload worked (1), or was refused and the config before it kept (0). 1 at start.',
+      aggregator: 'min',
+      registers,
+    }),
     configVersion: new Gauge({
       name: 'meshgate_config_snapshot_version',
       help: 'Version of the config snapshot in use; it rises with each successful reload.',
