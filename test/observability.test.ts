@@ -180,6 +180,8 @@ describe('config reload', () => {
     expect(gateway.current().version).toBe(version + 1);
     expect((await debugCall('acme', tenant('acme').tokens.debug)).json().code).toBe('MG_ERR_AUTHZ_DENIED');
     expect(await metric('success')).toBe(1);
+    const lastReloadSuccessful = async () => Number(/^meshgate_config_last_reload_successful (\d+)$/m.exec((await admin('/metrics')).text)?.[1]);
+    expect(await lastReloadSuccessful()).toBe(1);
 
     // A bad reload: the error is thrown, counted, and the narrowed snapshot stays in use.
     writeFileSync(sandbox.info.config, original.replace('tenants:', 'tenantz:'));
@@ -187,9 +189,11 @@ describe('config reload', () => {
     expect(gateway.current().version).toBe(version + 1);
     expect((await debugCall('acme', tenant('acme').tokens.debug)).json().code).toBe('MG_ERR_AUTHZ_DENIED');
     expect(await metric('failure')).toBe(1);
+    expect(await lastReloadSuccessful()).toBe(0);
 
     writeFileSync(sandbox.info.config, original);
     gateway.reload(() => loadConfig(sandbox.info.config));
     expect((await debugCall('acme', tenant('acme').tokens.debug)).status).toBe(200);
+    expect(await lastReloadSuccessful()).toBe(1);
   });
 });
