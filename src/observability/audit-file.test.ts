@@ -71,6 +71,19 @@ describe('the audit file', () => {
     expect(droppedAuditLines() - before).toBe(100 - written);
   });
 
+  it('counts the lines a full disk refuses, and says so once per run of failures', async () => {
+    if (!existsSync('/dev/full')) throw new Error('this test needs /dev/full (Linux)');
+    const errors: string[] = [];
+    const full = createAuditFile({ file: '/dev/full', maxSize: 1024 * 1024, maxFiles: 1, onError: (err) => errors.push((err as NodeJS.ErrnoException).code ?? '') });
+    opened.push(full);
+    for (let n = 1; n <= 3; n++) {
+      full.write(line(n));
+      await flushed(full);
+    }
+    expect(full.dropped()).toBe(3);
+    expect(errors).toEqual(['ENOSPC']);
+  });
+
   it('refuses a path it cannot open, saying which and why', () => {
     const dir = mkdtempSync(join(tmpdir(), 'meshgate-audit-'));
     expect(() => createAuditFile({ file: join(dir, 'missing', 'audit.log'), maxSize: 1024, maxFiles: 1 })).toThrow(

@@ -12,7 +12,7 @@
  * One process owns one file: with `serve --workers N`, each worker writes its own (see
  * `workerAuditFile`), since two processes renaming the same file would lose lines.
  */
-import { close as closeFd, closeSync, fstatSync, open as openFd, openSync, write as writeFd, writeSync } from 'node:fs';
+import { close as closeFd, closeSync, fstatSync, open as openFd, openSync, write as writeFd } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -27,7 +27,10 @@ export interface AuditFileOptions {
   /** Rotated files kept besides the current one (0: the current file is emptied instead). */
   readonly maxFiles: number;
   readonly maxBufferedBytes?: number;
-  /** A write or a rotation failed; the lines it held are counted as dropped. */
+  /**
+   * A write or a rotation failed; the lines it held are counted as dropped. Called once per run of
+   * failures (a full disk fails every write until it has room), not once per write.
+   */
   readonly onError?: (err: Error) => void;
 }
 
@@ -37,8 +40,6 @@ export interface AuditFile {
   write(line: string): void;
   /** Calls back when every line queued so far is written (or dropped). */
   flush(callback?: (err?: Error) => void): void;
-  /** Writes what is queued now, synchronously: for a process about to exit. */
-  flushSync(): void;
   /** Lines dropped so far: the queue was full, or a write failed. */
   dropped(): number;
   /** Writes what is queued, then closes the file; later lines are dropped. */
@@ -90,6 +91,11 @@ export function createAuditFile(options: AuditFileOptions): AuditFile {
   let closed = false;
   let waiting: ((err?: Error) => void)[] = [];
 
+  let failing = false;
+  const failed = (err: Error): void => {
+    if (!failing) options.onError?.(err);
+    failing = true;
+  };
   const drop = (lines: number): void => {
     dropped += lines;
     droppedTotal += lines;
@@ -140,7 +146,7 @@ export function createAuditFile(options: AuditFileOptions): AuditFile {
           const lost = queue.splice(0);
           queuedBytes = 0;
           drop(lost.reduce((n, chunk) => n + countLines(chunk), 0));
-          options.onError?.(err as Error);
+          failed(err as Error);
           await reopenAfterFailure();
           continue;
         }
@@ -153,9 +159,10 @@ export function createAuditFile(options: AuditFileOptions): AuditFile {
           offset += bytesWritten;
         }
         size += chunk.length;
+        failing = false;
       } catch (err) {
         drop(countLines(chunk));
-        options.onError?.(err as Error);
+        failed(err as Error);
       }
     }
     busy = false;
@@ -196,19 +203,6 @@ export function createAuditFile(options: AuditFileOptions): AuditFile {
       if (!busy) void pump();
     },
     flush,
-    flushSync() {
-      // A write in flight finishes on its own; what is queued is written now, past any rotation.
-      while (queue.length > 0) {
-        const chunk = takeChunk(MAX_WRITE_BYTES);
-        try {
-          let offset = 0;
-          while (offset < chunk.length) offset += writeSync(fd, chunk, offset);
-          size += chunk.length;
-        } catch {
-          drop(countLines(chunk));
-        }
-      }
-    },
     dropped: () => dropped,
     async close() {
       if (closed) return;
