@@ -5,9 +5,7 @@
  * hashed first, so that neither the content nor the length leaks through timing).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
-import { dirname, isAbsolute, resolve } from 'node:path';
 import type { LoadedConfig } from '../config/load.js';
 import { createSourceCheck } from '../policy/source-address.js';
 
@@ -40,30 +38,14 @@ export function createAdminAccess(settings: AdminAccessSettings): AdminAccess {
 }
 
 /**
- * The admin access of a loaded config. The token file is read once, here: a rotated token takes a
- * restart (a reload does not change admin settings). An empty or unreadable file is an error,
- * so that a typo never turns into "no token, nobody knows".
+ * The admin access of a loaded config. The loader read and checked the token file with the rest
+ * (`meshgate check` reports a missing or empty one); it is taken once, here: a rotated token takes
+ * a restart (a reload does not change admin settings).
  */
 export function adminAccessSettings(loaded: LoadedConfig): AdminAccessSettings {
   const { sourceCIDRs, bearerTokenFile } = loaded.config.admin.access;
   if (bearerTokenFile === undefined) return { sourceCIDRs };
-  const path = isAbsolute(bearerTokenFile) ? bearerTokenFile : resolve(dirname(loaded.source), bearerTokenFile);
-  const token = readToken(loaded, path).trim();
-  if (token === '') throw new Error(`admin.access.bearerTokenFile ${path} is empty`);
-  return { sourceCIDRs, bearerToken: token };
-}
-
-/** From the files the loader read and checked when it did; from disk otherwise. */
-function readToken(loaded: LoadedConfig, path: string): string {
-  try {
-    return loaded.files.text(path);
-  } catch {
-    try {
-      return readFileSync(path, 'utf8');
-    } catch (err) {
-      throw new Error(`admin.access.bearerTokenFile: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err });
-    }
-  }
+  return { sourceCIDRs, bearerToken: loaded.files.text(bearerTokenFile).trim() };
 }
 
 function bearerToken(header: string | undefined): string | undefined {

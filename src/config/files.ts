@@ -69,6 +69,8 @@ export function readConfigFiles(
   };
 
   const resolved = structuredClone(config);
+  const adminToken = resolved.admin.access.bearerTokenFile;
+  if (adminToken !== undefined) resolved.admin.access.bearerTokenFile = use(['admin', 'access', 'bearerTokenFile'], adminToken, 'secret');
   for (const [name, listener] of Object.entries(resolved.listeners)) {
     const cert = listener.defaultCertificate;
     if (cert) {
