@@ -157,6 +157,10 @@ const metric = async (subject: Subject, pattern: RegExp): Promise<number> => {
   return Number(pattern.exec(text)?.[1] ?? 0);
 };
 
+/** meshgate_upstream_replica_up of each of the tenant's istiod replicas. */
+const replicasUp = async (subject: Subject, tenant: TenantId): Promise<number[]> =>
+  (await subject.gateway.metrics.upstreamReplicaUp.get()).values.filter((v) => v.labels.tenant === tenant).map((v) => v.value);
+
 describe('reloads that cut nothing', () => {
   it('keeps every stream, watch, pool and cached token through an unchanged reload', async () => {
     const subject = await startSubject();
@@ -224,6 +228,8 @@ describe('reloads that cut nothing', () => {
     expect(await acmeNew.ask('sidecar~a4')).toMatchObject({ tenant: 'acme' });
     await globexWatch.nextEvent();
     expect(subject.gateway.resources.stats().draining).toBe(0);
+    // The old pool closed after the new one reported the replica: the replica is still up.
+    expect(await replicasUp(subject, 'acme')).toEqual([1]);
     acmeNew.cancel();
     globex.cancel();
     globexWatch.close();
@@ -260,6 +266,9 @@ describe('reloads that cut nothing', () => {
     expect(await globex.ask('sidecar~g2')).toMatchObject({ tenant: 'globex' });
     await globexWatch.nextEvent();
     expect(await metric(subject, /^meshgate_tenant_resources_closed_total\{reason="removed"\} (\d+)$/m)).toBeGreaterThan(0);
+    // A removed tenant's replicas leave the health metric with it.
+    expect(await replicasUp(subject, 'acme')).toEqual([]);
+    expect(await replicasUp(subject, 'globex')).toEqual([1]);
     globex.cancel();
     globexWatch.close();
   }, 30_000);

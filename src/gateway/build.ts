@@ -58,15 +58,27 @@ export interface Gateway {
 export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {}): Gateway {
   const logger = options.logger ?? createLogger(loaded.config.logging.level);
   const metrics = createMetrics();
+  /** Which pool last reported each tenant's istiod replica (`tenant\0replica`). */
+  const replicaHealthOwners = new Map<string, object>();
   const xds = createXdsPlane({
-    poolEvents: (tenant) => ({
-      sessions: (replica, count) => metrics.xdsUpstreamSessions.set({ tenant, replica }, count),
-      goaway: () => metrics.goaways.inc({ direction: 'received', tenant, listener: '' }),
-      health: (replica, state) => {
-        if (state === 'removed') metrics.upstreamReplicaUp.remove({ tenant, replica });
-        else metrics.upstreamReplicaUp.set({ tenant, replica }, state === 'up' ? 1 : 0);
-      },
-    }),
+    poolEvents: (tenant) => {
+      // A replaced pool closes after its successor opened: it may take away only what it set.
+      const pool = {};
+      return {
+        sessions: (replica, count) => metrics.xdsUpstreamSessions.set({ tenant, replica }, count),
+        goaway: () => metrics.goaways.inc({ direction: 'received', tenant, listener: '' }),
+        health: (replica, state) => {
+          const key = `${tenant}\0${replica}`;
+          if (state !== 'removed') {
+            replicaHealthOwners.set(key, pool);
+            metrics.upstreamReplicaUp.set({ tenant, replica }, state === 'up' ? 1 : 0);
+          } else if (replicaHealthOwners.get(key) === pool) {
+            replicaHealthOwners.delete(key);
+            metrics.upstreamReplicaUp.remove({ tenant, replica });
+          }
+        },
+      };
+    },
     onStream: (tenant, delta) => metrics.xdsStreams.inc({ tenant }, delta),
     onStreamEnd: (tenant, seconds) => metrics.xdsStreamDuration.observe({ tenant }, seconds),
     onBytes: (tenant, direction, bytes) =>
