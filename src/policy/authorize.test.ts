@@ -8,18 +8,18 @@ const cert = (uris: string[], tenant = 'acme'): Identity => ({ tenant, method: '
 describe('createAuthorizer', () => {
   it('always refuses an identity of another tenant, whatever the rules', () => {
     for (const rules of [undefined, [{ subject: '*' }]]) {
-      expect(() => createAuthorizer('acme', rules)(token('system:serviceaccount:istio-system:kiali', 'globex-main', 'globex'))).toThrow(
+      expect(() => createAuthorizer('acme', rules, 'debug')(token('system:serviceaccount:istio-system:kiali', 'globex-main', 'globex'))).toThrow(
         expect.objectContaining({ code: 'MG_ERR_AUTHZ_TENANT_MISMATCH' }) as Error,
       );
     }
   });
 
   it('allows any identity of the tenant when the plane has no rules', () => {
-    expect(() => createAuthorizer('acme', undefined)(token('anyone'))).not.toThrow();
+    expect(() => createAuthorizer('acme', undefined, 'debug')(token('anyone'))).not.toThrow();
   });
 
   it('allows nobody when the plane has an empty rule list', () => {
-    expect(() => createAuthorizer('acme', [])(token('anyone'))).toThrow(expect.objectContaining({ code: 'MG_ERR_AUTHZ_DENIED' }) as Error);
+    expect(() => createAuthorizer('acme', [], 'debug')(token('anyone'))).toThrow(expect.objectContaining({ code: 'MG_ERR_AUTHZ_DENIED' }) as Error);
   });
 
   it.each([
@@ -33,7 +33,7 @@ describe('createAuthorizer', () => {
     [{ uri: 'spiffe://acme.example/ns/kube-system/*' }, cert(['spiffe://acme.example/ns/default/sa/x']), false],
     [{ uri: 'spiffe://acme.example/*' }, token('spiffe://acme.example/x'), false],
   ])('rule %j on %j → %s', (rule, identity, allowed) => {
-    const authorize = createAuthorizer('acme', [rule]);
+    const authorize = createAuthorizer('acme', [rule], 'debug');
     if (allowed) expect(() => authorize(identity)).not.toThrow();
     else expect(() => authorize(identity)).toThrow(expect.objectContaining({ code: 'MG_ERR_AUTHZ_DENIED' }) as Error);
   });

@@ -7,7 +7,7 @@
  * the first matching rule by its position in the tenant's list, or `default` when the plane has no
  * rules.
  */
-import type { AccessRule } from '../config/schema.js';
+import type { AccessRule, PlaneName } from '../config/schema.js';
 import type { Identity } from '../auth/identity.js';
 import { MeshgateError } from '../errors.js';
 
@@ -23,7 +23,7 @@ export function ruleName(plane: string, index: number): string {
 }
 
 /** `plane` names the rules in what it returns (`access.<plane>[i]`). */
-export function createAuthorizer(tenant: string, rules: readonly AccessRule[] | undefined, plane = 'plane'): Authorizer {
+export function createAuthorizer(tenant: string, rules: readonly AccessRule[] | undefined, plane: PlaneName): Authorizer {
   const matchers = rules?.map(compileRule);
   return (identity) => {
     if (identity.tenant !== tenant) {

@@ -144,7 +144,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
           certificates: tenant.certificates,
           tokens: tenant.tokens,
         }),
-        sameTenant: createAuthorizer(tenant.id, undefined),
+        sameTenant: createAuthorizer(tenant.id, undefined, 'kube'),
         decide: createKubeDecision(tenant.config.access.kube ?? []),
       };
     },
