@@ -33,7 +33,7 @@ export function createRequestRates(now?: () => number): RequestRates {
       const rate = tenant.config.limits.requestRate[plane];
       if (rate === undefined) return;
       let planes = buckets.get(tenant.id);
-      if (!planes) buckets.set(tenant.id, (planes = new Map()));
+      if (!planes) buckets.set(tenant.id, (planes = new Map<PlaneName, Entry>()));
       let entry = planes.get(plane);
       if (entry?.perSecond !== rate.perSecond || entry.burst !== rate.burst) {
         entry = { ...rate, bucket: createTokenBucket(rate.perSecond, rate.burst, now) };
