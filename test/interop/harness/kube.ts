@@ -56,6 +56,8 @@ export interface KubeCluster {
   readonly ca: string;
   readonly caFile: string;
   readonly issuer: string;
+  /** The service-account signing key (PKCS#8 PEM): to mint what a token controller would. */
+  readonly serviceAccountKey: string;
   /** A kubeconfig straight to the API server as a cluster admin (system:masters): setup only. */
   readonly adminKubeconfig: string;
   /** The CA whose client certificates this API server accepts (to issue meshgate's own). */
@@ -186,6 +188,7 @@ export async function startKubeCluster(options: KubeClusterOptions): Promise<Kub
     ca: servingCa.cert,
     caFile,
     issuer,
+    serviceAccountKey: saKeys.privateKey,
     adminKubeconfig,
     clientCa,
     auditLog,
