@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -21,6 +21,14 @@ const flushed = (file: AuditFile): Promise<void> => new Promise((resolve) => fil
 const line = (n: number): string => `{"n":${n},"pad":"${'x'.repeat(100 - 16 - String(n).length)}"}\n`;
 const numberOf = (l: string): number => (JSON.parse(l) as { n: number }).n;
 const linesOf = (path: string): string[] => readFileSync(path, 'utf8').split('\n').filter((l) => l !== '');
+/** Closes a descriptor the test opened; one the code under test closed already (EBADF) leaves its assertion to speak. */
+const closeQuietly = (fd: number): void => {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
+};
 
 describe('the audit file', () => {
   it('appends lines and rotates before a line would pass maxSize, keeping maxFiles old files', async () => {
@@ -82,6 +90,64 @@ describe('the audit file', () => {
     }
     expect(full.dropped()).toBe(3);
     expect(errors).toEqual(['ENOSPC']);
+  });
+
+  it('after a rotation and a reopen both fail, never touches the descriptor number it closed (now another file\'s), drops and counts the lines, and resumes in a new file once it can', async () => {
+    const errors: string[] = [];
+    const dir = mkdtempSync(join(tmpdir(), 'meshgate-audit-'));
+    const audit = createAuditFile({ file: join(dir, 'audit.log'), maxSize: 1024, maxFiles: 2, onError: (err) => errors.push((err as NodeJS.ErrnoException).code ?? '') });
+    opened.push(audit);
+    for (let n = 1; n <= 10; n++) audit.write(line(n));
+    await flushed(audit);
+    const before = droppedAuditLines();
+
+    // The directory disappears (a volume unmounted, an operator's rm -rf): the rotation closes the
+    // file, then the rename fails; so would opening the file again.
+    rmSync(dir, { recursive: true, force: true });
+    audit.write(line(11));
+    audit.write(line(12));
+    await flushed(audit);
+    // Another part of the process opens a file (or accepts a socket): it gets the lowest free
+    // number, the one the audit file just closed.
+    const unrelatedPath = join(mkdtempSync(join(tmpdir(), 'meshgate-unrelated-')), 'unrelated');
+    const unrelated = openSync(unrelatedPath, 'w');
+    try {
+      audit.write(line(13));
+      await flushed(audit);
+      expect(() => fstatSync(unrelated)).not.toThrow();
+      expect(audit.dropped()).toBe(3);
+      expect(droppedAuditLines() - before).toBe(3);
+      expect(errors).toEqual(['ENOENT']); // one run of failures, said once
+
+      mkdirSync(dir);
+      audit.write(line(14));
+      await flushed(audit);
+      expect(linesOf(audit.file).map(numberOf)).toEqual([14]);
+      expect(audit.dropped()).toBe(3);
+      await audit.close();
+      expect(() => fstatSync(unrelated)).not.toThrow();
+      expect(readFileSync(unrelatedPath, 'utf8')).toBe('');
+    } finally {
+      closeQuietly(unrelated);
+    }
+  });
+
+  it('closes nothing at shutdown after a failed rotation left no file open', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshgate-audit-'));
+    const audit = createAuditFile({ file: join(dir, 'audit.log'), maxSize: 1024, maxFiles: 1 });
+    opened.push(audit);
+    for (let n = 1; n <= 10; n++) audit.write(line(n));
+    await flushed(audit);
+    rmSync(dir, { recursive: true, force: true });
+    audit.write(line(11)); // would rotate: the rotation closes the file, then fails
+    await flushed(audit);
+    const unrelated = openSync(join(mkdtempSync(join(tmpdir(), 'meshgate-unrelated-')), 'unrelated'), 'w');
+    try {
+      await audit.close();
+      expect(() => fstatSync(unrelated)).not.toThrow();
+    } finally {
+      closeQuietly(unrelated);
+    }
   });
 
   it('refuses a path it cannot open, saying which and why', () => {

@@ -9,16 +9,22 @@
  * that is slow or full costs at most `maxBufferedBytes`: past that, new lines are dropped and
  * counted (meshgate_audit_lines_dropped_total), as for stdout.
  *
+ * A rotation that fails (the directory is gone, the disk refuses a rename) leaves no file open: the
+ * lines queued then are dropped and counted, and the next line opens `<file>` again first (or is
+ * dropped too, while it cannot be opened). A descriptor is forgotten as soon as it is closed, so a
+ * number the kernel has since given to a socket is never written to or closed.
+ *
  * One process owns one file: with `serve --workers N`, each worker writes its own (see
  * `workerAuditFile`), since two processes renaming the same file would lose lines.
  */
-import { close as closeFd, closeSync, fstatSync, open as openFd, openSync, write as writeFd } from 'node:fs';
+import { close as closeFd, closeSync, fstat as fstatFd, fstatSync, open as openFd, openSync, write as writeFd } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
 import { promisify } from 'node:util';
 
 const open = promisify(openFd);
 const close = promisify(closeFd);
+const fstat = promisify(fstatFd);
 const write = promisify(writeFd);
 
 export interface AuditFileOptions {
@@ -82,7 +88,8 @@ function openAudit(file: string): number {
 export function createAuditFile(options: AuditFileOptions): AuditFile {
   const { file, maxSize, maxFiles } = options;
   const maxBuffered = options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
-  let fd = openAudit(file);
+  /** Undefined while no file is open: after a failed rotation, until a line opens it again. */
+  let fd: number | undefined = openAudit(file);
   let size = fstatSync(fd).size;
   const queue: Buffer[] = [];
   let queuedBytes = 0;
@@ -121,8 +128,38 @@ export function createAuditFile(options: AuditFileOptions): AuditFile {
     return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, bytes);
   };
 
+  /** Forgets the descriptor before closing it: whether or not close fails, the number is no longer ours. */
+  const closeCurrent = async (): Promise<void> => {
+    const current = fd;
+    fd = undefined;
+    if (current !== undefined) await close(current);
+  };
+
+  /** Opens `<file>` when no file is open (after a failed rotation); false, the failure said, when it cannot. */
+  const ensureOpen = async (): Promise<boolean> => {
+    if (fd !== undefined) return true;
+    let opened: number | undefined;
+    try {
+      opened = await open(file, 'a', 0o640);
+      size = (await fstat(opened)).size;
+      fd = opened;
+      return true;
+    } catch (err) {
+      if (opened !== undefined) await close(opened).catch(() => undefined);
+      failed(err as Error);
+      return false;
+    }
+  };
+
+  /** Without a file to write to, what is queued now is lost: counted. */
+  const dropQueued = (): void => {
+    const lost = queue.splice(0);
+    queuedBytes = 0;
+    drop(lost.reduce((n, chunk) => n + countLines(chunk), 0));
+  };
+
   const rotate = async (): Promise<void> => {
-    await close(fd);
+    await closeCurrent();
     if (maxFiles === 0) {
       await rm(file, { force: true });
     } else {
@@ -137,25 +174,26 @@ export function createAuditFile(options: AuditFileOptions): AuditFile {
   const pump = async (): Promise<void> => {
     busy = true;
     while (queue.length > 0) {
+      if (!(await ensureOpen())) {
+        dropQueued();
+        continue;
+      }
       const first = queue[0] as Buffer;
       if (size > 0 && size + first.length > maxSize) {
         try {
           await rotate();
         } catch (err) {
-          // Without a file to write to, what is queued now is lost: counted, and said once per failure.
-          const lost = queue.splice(0);
-          queuedBytes = 0;
-          drop(lost.reduce((n, chunk) => n + countLines(chunk), 0));
+          dropQueued();
           failed(err as Error);
-          await reopenAfterFailure();
           continue;
         }
       }
+      const target = fd as number; // ensureOpen or rotate opened it
       const chunk = takeChunk(Math.max(maxSize - size, 1));
       try {
         let offset = 0;
         while (offset < chunk.length) {
-          const { bytesWritten } = await write(fd, chunk, offset);
+          const { bytesWritten } = await write(target, chunk, offset);
           offset += bytesWritten;
         }
         size += chunk.length;
@@ -169,16 +207,6 @@ export function createAuditFile(options: AuditFileOptions): AuditFile {
     const done = waiting;
     waiting = [];
     for (const callback of done) callback();
-  };
-
-  /** After a failed rotation the descriptor may be closed: open the file again, or keep failing (and counting). */
-  const reopenAfterFailure = async (): Promise<void> => {
-    try {
-      fd = await open(file, 'a', 0o640);
-      size = fstatSync(fd).size;
-    } catch {
-      // The next line tries again.
-    }
   };
 
   const flush = (callback?: (err?: Error) => void): void => {
@@ -208,7 +236,7 @@ export function createAuditFile(options: AuditFileOptions): AuditFile {
       if (closed) return;
       closed = true;
       await new Promise<void>((resolve) => flush(() => resolve()));
-      await close(fd);
+      await closeCurrent();
     },
   };
 }
