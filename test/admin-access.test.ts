@@ -5,6 +5,7 @@
  * A test cannot call from a non-loopback address, so "outside" is a list that leaves loopback out.
  */
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -99,6 +100,45 @@ describe('admin access: sources outside the list, with and without the token', (
     await get(adminUrl(gateway), '/metrics', { authorization: `Bearer ${TOKEN}` });
     await get(adminUrl(gateway), '/metrics', { authorization: `Bearer wrong-${TOKEN}` });
     expect(capture.raw.join('')).not.toContain(TOKEN);
+  });
+});
+
+/** A GET with a Host header of our choosing (fetch sets its own). */
+function getWithHost(g: ExtraGateway, path: string, host: string, headers: Record<string, string> = {}): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port: g.addresses.admin.port, path, headers: { ...headers, host } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('admin access: the Host a caller admitted by its address uses (DNS rebinding)', () => {
+  let gateway: ExtraGateway;
+  beforeAll(async () => {
+    gateway = await startGatewayFrom(sandbox, (config) => {
+      config.admin = { host: '127.0.0.1', port: 0, access: { hostNames: ['meshgate-admin.meshgate.svc'], bearerTokenFile: tokenFile } };
+    });
+  });
+  afterAll(() => gateway.close());
+
+  it('serves an IP, localhost and a configured name, with or without a port', async () => {
+    const port = gateway.addresses.admin.port;
+    for (const host of [`127.0.0.1:${port}`, '127.0.0.1', `[::1]:${port}`, `localhost:${port}`, 'LOCALHOST', `meshgate-admin.meshgate.svc:${port}`]) {
+      expect(await getWithHost(gateway, '/status.json', host), host).toBe(200);
+    }
+  });
+
+  it("refuses any other name: a rebound page's own", async () => {
+    const port = gateway.addresses.admin.port;
+    for (const host of [`attacker.example:${port}`, 'attacker.example', `localhost.attacker.example:${port}`, `127.0.0.1:${port}:1`]) {
+      expect(await getWithHost(gateway, '/metrics', host), host).toBe(403);
+    }
+    // Probes do not depend on it, and the token holder is served under any name.
+    expect(await getWithHost(gateway, '/healthz', 'attacker.example')).toBe(200);
+    expect(await getWithHost(gateway, '/metrics', 'attacker.example', { authorization: `Bearer ${TOKEN}` })).toBe(200);
   });
 });
 

@@ -1,16 +1,20 @@
 /**
  * Who may read the admin listener beyond /healthz and /readyz: a caller whose socket address is in
- * one of `admin.access.sourceCIDRs`, or one that sends `Authorization: Bearer <token>` with the
+ * one of `admin.access.sourceCIDRs` and whose Host is an IP, `localhost` or one of
+ * `admin.access.hostNames`, or one that sends `Authorization: Bearer <token>` with the
  * token in `admin.access.bearerTokenFile`. The token is compared in constant time (both sides
  * hashed first, so that neither the content nor the length leaks through timing).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import { isIP } from 'node:net';
 import type { LoadedConfig } from '../config/load.js';
 import { createSourceCheck } from '../policy/source-address.js';
 
 export interface AdminAccessSettings {
   readonly sourceCIDRs: readonly string[];
+  /** Host names (besides IP literals and `localhost`) a caller admitted by its address may use. */
+  readonly hostNames?: readonly string[] | undefined;
   /** The bearer token's text, already trimmed; undefined: no token is accepted. */
   readonly bearerToken?: string | undefined;
 }
@@ -29,8 +33,12 @@ export function createAdminAccess(settings: AdminAccessSettings): AdminAccess {
     }
   };
   const expected = settings.bearerToken === undefined ? undefined : digest(settings.bearerToken);
+  const names = new Set(['localhost', ...(settings.hostNames ?? []).map((n) => n.toLowerCase())]);
   return (req) => {
-    if (isFromAllowedSource(req.socket.remoteAddress)) return true;
+    // An address is trusted only under a name that is not the caller's to choose: a web page the
+    // operator visits can point its own name at 127.0.0.1 (DNS rebinding) and read through a
+    // `kubectl port-forward`, but it cannot send this listener's IP or `localhost` as its Host.
+    if (isFromAllowedSource(req.socket.remoteAddress) && isTrustedHost(req.headers.host, names)) return true;
     if (expected === undefined) return false;
     const presented = bearerToken(req.headers.authorization);
     return presented !== undefined && timingSafeEqual(digest(presented), expected);
@@ -43,9 +51,16 @@ export function createAdminAccess(settings: AdminAccessSettings): AdminAccess {
  * a restart (a reload does not change admin settings).
  */
 export function adminAccessSettings(loaded: LoadedConfig): AdminAccessSettings {
-  const { sourceCIDRs, bearerTokenFile } = loaded.config.admin.access;
-  if (bearerTokenFile === undefined) return { sourceCIDRs };
-  return { sourceCIDRs, bearerToken: loaded.files.text(bearerTokenFile).trim() };
+  const { sourceCIDRs, hostNames, bearerTokenFile } = loaded.config.admin.access;
+  return { sourceCIDRs, hostNames, ...(bearerTokenFile === undefined ? {} : { bearerToken: loaded.files.text(bearerTokenFile).trim() }) };
+}
+
+/** Whether the Host header is an IP literal, `localhost` or a configured name (any port). */
+function isTrustedHost(header: string | undefined, names: ReadonlySet<string>): boolean {
+  if (header === undefined) return false;
+  const host = /^\[([^\]]+)\](?::\d+)?$/.exec(header)?.[1] ?? /^([^:]+)(?::\d+)?$/.exec(header)?.[1];
+  if (host === undefined) return false;
+  return isIP(host) !== 0 || names.has(host.toLowerCase());
 }
 
 function bearerToken(header: string | undefined): string | undefined {

@@ -196,7 +196,7 @@ const accessRule = z
   .refine((rule) => Object.keys(rule).length > 0, 'a rule needs at least one of method, subject, uri, cluster');
 
 /** The gRPC methods of the xds plane, by their short names. */
-export const XDS_METHOD_NAMES = ['StreamAggregatedResources', 'DeltaAggregatedResources', 'CreateCertificate'] as const;
+export const XDS_METHOD_NAMES = ['StreamAggregatedResources', 'DeltaAggregatedResources', 'CreateCertificate', 'StreamMetrics'] as const;
 
 /**
  * An xds rule may also say which methods it grants. Without `methods`: ADS and Delta ADS, and
@@ -303,6 +303,24 @@ const limits = z.strictObject({
   requestRate: z.partialRecord(z.enum(PLANES), requestRate).default({}),
 });
 
+/**
+ * Sidecar metrics (Envoy's MetricsService on the xds listener, docs/metrics.md): the tenant's own
+ * collector, with the same TLS and token options as istiod's xds; and/or meshgate keeping the latest
+ * values by proxy, within bounds, for the tenant's Prometheus endpoint on the admin listener.
+ */
+const metricsSettings = z
+  .strictObject({
+    collector: xdsUpstream.optional(),
+    expose: z
+      .strictObject({
+        maxProxies: z.number().int().positive().default(1_000),
+        maxSeries: z.number().int().positive().default(100_000),
+        staleAfter: duration.default(300_000),
+      })
+      .optional(),
+  })
+  .refine((m) => m.collector !== undefined || m.expose !== undefined, 'set "collector", "expose", or both');
+
 export const tenantSchema = z.strictObject({
   id: name,
   hosts: z.array(hostPattern).min(1),
@@ -313,6 +331,7 @@ export const tenantSchema = z.strictObject({
   debug: debugSettings.default({ authentication: ['token'], audiences: ['istio-ca'], timeout: 30_000 }),
   xds: xdsSettings.default({ authentication: ['token'], audiences: ['istio-ca'] }),
   kube: kubeSettings.default({ authentication: ['token'], requestTimeout: 60_000 }),
+  metrics: metricsSettings.optional(),
   limits: limits.default({ connections: 10_000, streams: 20_000, unauthenticatedConnections: 256, authenticationTimeout: 10_000, requestRate: {} }),
   access: z
     .strictObject({
@@ -380,6 +399,8 @@ export const configSchema = z
         access: z
           .strictObject({
             sourceCIDRs: z.array(z.union([z.cidrv4(), z.cidrv6()])).default([...ADMIN_LOOPBACK]),
+            /** Host names a caller admitted by its address may use, besides IP literals and `localhost`. */
+            hostNames: z.array(z.string().min(1)).optional(),
             bearerTokenFile: file.optional(),
           })
           .default({ sourceCIDRs: [...ADMIN_LOOPBACK] }),
@@ -465,6 +486,7 @@ export type ClusterConfig = TenantConfig['clusters'][number];
 export type ListenerConfig = Config['listeners'][string];
 export type UpstreamConfig = z.output<typeof upstream>;
 export type XdsUpstreamConfig = z.output<typeof xdsUpstream>;
+export type MetricsSettings = z.output<typeof metricsSettings>;
 export type XdsSettings = z.output<typeof xdsSettings>;
 export type AccessRule = z.output<typeof accessRule>;
 export type XdsAccessRule = z.output<typeof xdsAccessRule>;
