@@ -51,6 +51,7 @@ export const ERROR_CODES = {
   MG_ERR_REQUEST_NOT_GRPC: spec(415, GRPC.INVALID_ARGUMENT, 'the xds plane takes gRPC over HTTP/2 only'),
   MG_ERR_REQUEST_UPGRADE: spec(400, GRPC.INVALID_ARGUMENT, 'protocol upgrade is not supported on this plane'),
   MG_ERR_REQUEST_BUSY: spec(503, GRPC.RESOURCE_EXHAUSTED, 'too many request bodies in flight; retry'),
+  MG_ERR_METRICS_IDENTIFIER: spec(400, GRPC.INVALID_ARGUMENT, 'a metrics stream must name its node in its first message, and only there'),
 
   // Authentication: who is calling.
   MG_ERR_AUTHN_REQUIRED: spec(401, GRPC.UNAUTHENTICATED, 'authentication required'),
@@ -71,6 +72,7 @@ export const ERROR_CODES = {
   MG_ERR_AUTHZ_DENIED: spec(403, GRPC.PERMISSION_DENIED, 'identity may not use this plane'),
   MG_ERR_AUTHZ_SOURCE_ADDRESS: spec(403, GRPC.PERMISSION_DENIED, 'source address is not allowed'),
   MG_ERR_AUTHZ_DEBUG_ENDPOINT: spec(403, GRPC.PERMISSION_DENIED, 'debug endpoint is not allowed'),
+  MG_ERR_AUTHZ_NODE_MISMATCH: spec(403, GRPC.PERMISSION_DENIED, "the node a metrics stream names is not the caller's"),
   MG_ERR_KUBE_FORBIDDEN: spec(403, GRPC.PERMISSION_DENIED, "the tenant's kube rules do not allow this request"),
   MG_ERR_KUBE_IDENTITY_RESERVED: spec(403, GRPC.PERMISSION_DENIED, 'a certificate may not claim a reserved Kubernetes user or group'),
 

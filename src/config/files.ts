@@ -89,6 +89,9 @@ export function readConfigFiles(
     if (debug?.token !== undefined) debug.token.file = use(at('istiod', 'debug', 'token', 'file'), debug.token.file, 'secret');
     if (xds?.ca !== undefined) xds.ca = use(at('istiod', 'xds', 'ca'), xds.ca, 'bundle');
     if (xds?.token !== undefined) xds.token.file = use(at('istiod', 'xds', 'token', 'file'), xds.token.file, 'secret');
+    const collector = t.metrics?.collector;
+    if (collector?.ca !== undefined) collector.ca = use(at('metrics', 'collector', 'ca'), collector.ca, 'bundle');
+    if (collector?.token !== undefined) collector.token.file = use(at('metrics', 'collector', 'token', 'file'), collector.token.file, 'secret');
     t.clusters.forEach((c, j) => {
       const { jwks, apiServer } = c;
       if (jwks?.file !== undefined) jwks.file = use(at('clusters', j, 'jwks', 'file'), jwks.file, 'jwks');

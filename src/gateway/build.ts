@@ -83,6 +83,11 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     onStreamEnd: (tenant, seconds) => metrics.xdsStreamDuration.observe({ tenant }, seconds),
     onBytes: (tenant, direction, bytes) =>
       metrics.xdsBytes.inc({ tenant, direction: direction === 'toUpstream' ? 'to_upstream' : 'to_client' }, bytes),
+    metricsService: {
+      onStream: (tenant, delta) => metrics.sidecarMetricsStreams.inc({ tenant }, delta),
+      onMessage: (tenant) => metrics.sidecarMetricsMessages.inc({ tenant }),
+      onDropped: (tenant, reason, count) => metrics.sidecarMetricsDropped.inc({ tenant, reason }, count),
+    },
   });
   const planes: Plane[] = [
     createWebhookPlane({ bodyBudget: createBodyBudget(options.bodyBudgetBytes ?? 256 * 1024 * 1024) }),

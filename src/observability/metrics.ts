@@ -168,6 +168,24 @@ export function createMetrics() {
       labelNames: ['tenant', 'direction'] as const,
       registers,
     }),
+    sidecarMetricsStreams: new Gauge({
+      name: 'meshgate_xds_metrics_streams',
+      help: "Open sidecar metrics streams (Envoy's MetricsService) by tenant.",
+      labelNames: ['tenant'] as const,
+      registers,
+    }),
+    sidecarMetricsMessages: new Counter({
+      name: 'meshgate_xds_metrics_messages_total',
+      help: 'Sidecar metrics messages accepted, by tenant.',
+      labelNames: ['tenant'] as const,
+      registers,
+    }),
+    sidecarMetricsDropped: new Counter({
+      name: 'meshgate_xds_metrics_series_dropped_total',
+      help: "Sidecar metric series not kept for the tenant's Prometheus endpoint, by tenant and reason (max_proxies, max_series, invalid).",
+      labelNames: ['tenant', 'reason'] as const,
+      registers,
+    }),
     upstreamReplicaUp: new Gauge({
       name: 'meshgate_upstream_replica_up',
       help: "Whether meshgate's last attempt to open a session to an istiod replica (xds plane) succeeded: 1 up, 0 down.",

@@ -25,6 +25,7 @@ import type { Plane, RoutedContext } from '../plane.js';
 import { readDiscoveryRequest } from '../../grpc/discovery-request.js';
 import { DEFAULT_DEBUG_ENDPOINTS } from '../debug/endpoints.js';
 import { checkDebugRequest, createMethodPolicy, type MethodPolicy } from './requests.js';
+import { buildMetricsState, handleStreamMetrics, holdMetrics, STREAM_METRICS_METHOD, type MetricsServiceEvents, type MetricsState } from '../metrics/stream-metrics.js';
 
 /**
  * The only methods forwarded, each with the kind of DiscoveryRequest its client sends (read on its
@@ -60,6 +61,8 @@ export interface XdsState {
   /** The tenant's debug allowlist, for debug type URLs. */
   readonly debugEndpoints: ReadonlySet<string>;
   readonly pool: Lease<XdsPool>;
+  /** Sidecar metrics (Envoy's MetricsService), when the tenant takes them: src/planes/metrics. */
+  readonly metrics?: MetricsState | undefined;
   readonly ownToken?: { readonly token: string; readonly cluster: string };
   readonly clusters: ReadonlySet<string>;
 }
@@ -69,6 +72,7 @@ export interface XdsPlaneDeps {
   readonly onStream?: (tenant: string, delta: 1 | -1) => void;
   readonly onStreamEnd?: (tenant: string, seconds: number) => void;
   readonly onBytes?: (tenant: string, direction: 'toUpstream' | 'toClient', bytes: number) => void;
+  readonly metricsService?: MetricsServiceEvents;
 }
 
 export interface XdsPlane extends Plane<XdsState> {
@@ -132,17 +136,23 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
         mayCall: createMethodPolicy(tenant.config.access.xds),
         debugEndpoints: new Set(tenant.config.debug.endpoints ?? DEFAULT_DEBUG_ENDPOINTS),
         pool: leasePool(tenant, upstream),
+        metrics: buildMetricsState(tenant),
         clusters: new Set(tenant.clusters.keys()),
         ...(own ? { ownToken: { token: tenant.files.text(own.file).trim(), cluster: own.cluster } } : {}),
       };
     },
 
-    hold: (state) => state?.pool.hold() ?? (() => undefined),
+    hold: (state) => {
+      const releases = [state?.pool.hold(), holdMetrics(state?.metrics)];
+      return () => {
+        for (const release of releases) release?.();
+      };
+    },
 
     async handle(context, state) {
       const { exchange, target } = context;
       if (exchange.protocol !== 'h2' || !isGrpcRequest(exchange) || exchange.method !== 'POST') throw NOT_GRPC();
-      if (!XDS_METHODS.has(target.path) || target.query !== undefined) {
+      if ((!XDS_METHODS.has(target.path) && target.path !== STREAM_METRICS_METHOD) || target.query !== undefined) {
         throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_METHOD', { message: `meshgate does not forward ${target.path}` });
       }
       if (!state) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND', { message: 'this tenant has no xds plane' });
@@ -153,6 +163,10 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       // The rule that allowed is the one that grants the method too.
       context.rule = state.mayCall(authenticated.identity, target.path);
       const credential = upstreamCredential(context, state, authenticated.bearer);
+      if (target.path === STREAM_METRICS_METHOD) {
+        const caller = { identity: authenticated.identity, cluster: credential.cluster, clusters: state.clusters };
+        return handleStreamMetrics(context, state.metrics, caller, deps.metricsService);
+      }
 
       const headers: OutgoingHttpHeaders = {};
       for (const [name, value] of Object.entries(exchange.headers)) {
