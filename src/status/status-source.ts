@@ -6,6 +6,11 @@
  *  - the numbers: meshgate's metrics, from this process's registry or the workers' merged ones.
  * Request rates and recent denials come from a bounded ring of counter readings taken every
  * `intervalMs` while the admin listener is open.
+ *
+ * A report costs one pass over the samples, whatever the number of tenants: they are grouped by
+ * tenant and metric once, and each tenant reads its own group. The admin listener shares the event
+ * loop with the data plane, so callers within `reuseMs` of a report (several open pages, each
+ * polling) share it rather than each computing one.
  */
 import type { TenantConfig } from '../config/schema.js';
 import { createHistory, denialsByReason, requestRate, requestRates, type CounterReading } from './history.js';
@@ -75,6 +80,8 @@ export interface StatusSourceOptions {
   readonly intervalMs?: number;
   readonly windowMs?: number;
   readonly rateWindowMs?: number;
+  /** Callers while a report is computed, or within this long of it, are given that report. */
+  readonly reuseMs?: number;
   readonly now?: () => number;
 }
 
@@ -101,10 +108,39 @@ export function createStatusSource(options: StatusSourceOptions): StatusSource {
   const intervalMs = options.intervalMs ?? 5_000;
   const windowMs = options.windowMs ?? 300_000;
   const rateWindowMs = options.rateWindowMs ?? 30_000;
+  const reuseMs = options.reuseMs ?? 1_000;
   const now = options.now ?? Date.now;
   const history = createHistory(Math.ceil(windowMs / intervalMs) + 1);
   let timer: NodeJS.Timeout | undefined;
   let reading: Promise<void> | undefined;
+  let shared: SharedReport | undefined;
+
+  /** One pass over the samples groups them; each tenant then reads only its own. */
+  const build = async (): Promise<StatusReport> => {
+    const samples = await options.read(ALL);
+    const at = now();
+    const readings = [...history.readings(), countersOf(samples, at)];
+    const topology = options.topology();
+    const { byName, byTenant } = group(samples);
+    const known = new Map<string, TenantTopology>();
+    for (const t of topology.tenants) if (!known.has(t.id)) known.set(t.id, t);
+    const reloads = byName.get(M.reloads) ?? [];
+    return {
+      generatedAt: at,
+      mode: topology.mode,
+      config: {
+        generation: byName.get(M.generation)?.[0]?.value ?? null,
+        loadedAt: byName.get(M.loadedAt)?.[0]?.value ?? null,
+        reloads: { success: total(reloads.filter((s) => s.labels.result === 'success')), failure: total(reloads.filter((s) => s.labels.result === 'failure')) },
+      },
+      windowSeconds: Math.round(((readings.at(-1)?.at ?? at) - (readings[0]?.at ?? at)) / 1000),
+      intervalSeconds: intervalMs / 1000,
+      rateSeconds: rateWindowMs / 1000,
+      tenants: tenantIds(topology, byTenant.keys())
+        .map((id) => tenantStatus(id, known.get(id), byTenant.get(id) ?? NO_SAMPLES, readings, rateWindowMs))
+        .filter(isWorthShowing),
+    };
+  };
 
   const take = (): void => {
     // One reading at a time: a slow worker never piles readings up.
@@ -126,50 +162,62 @@ export function createStatusSource(options: StatusSourceOptions): StatusSource {
       clearInterval(timer);
       timer = undefined;
     },
-    async report() {
-      const samples = await options.read(ALL);
-      const at = now();
-      const readings = [...history.readings(), countersOf(samples, at)];
-      const topology = options.topology();
-      return {
-        generatedAt: at,
-        mode: topology.mode,
-        config: {
-          generation: single(samples, M.generation),
-          loadedAt: single(samples, M.loadedAt),
-          reloads: { success: sum(samples, M.reloads, { result: 'success' }), failure: sum(samples, M.reloads, { result: 'failure' }) },
+    report() {
+      if (shared !== undefined && (shared.freshUntil === undefined || now() < shared.freshUntil)) return shared.report;
+      const entry: SharedReport = { report: build() };
+      shared = entry;
+      entry.report.then(
+        (report) => (entry.freshUntil = report.generatedAt + reuseMs),
+        () => {
+          if (shared === entry) shared = undefined; // the next caller tries again
         },
-        windowSeconds: Math.round(((readings.at(-1)?.at ?? at) - (readings[0]?.at ?? at)) / 1000),
-        intervalSeconds: intervalMs / 1000,
-        rateSeconds: rateWindowMs / 1000,
-        tenants: tenantIds(topology, samples).map((id): TenantStatus => {
-          const known = topology.tenants.find((t) => t.id === id);
-          const replicas = new Set(samples.filter((s) => (s.name === M.replicaUp || s.name === M.sessions) && s.labels.tenant === id).map((s) => s.labels.replica ?? ''));
-          return {
-            id,
-            inTopology: known !== undefined,
-            hosts: known?.hosts ?? [],
-            clusters: known?.clusters ?? [],
-            istiod: known?.istiod ?? [],
-            replicas: [...replicas].sort().map((replica) => ({
-              replica,
-              up: upOf(samples.find((s) => s.name === M.replicaUp && s.labels.tenant === id && s.labels.replica === replica)),
-              sessions: samples.find((s) => s.name === M.sessions && s.labels.tenant === id && s.labels.replica === replica)?.value ?? null,
-            })),
-            xdsStreams: sum(samples, M.streams, { tenant: id }),
-            watches: sum(samples, M.watches, { tenant: id }),
-            tunnels: sum(samples, M.tunnels, { tenant: id }),
-            requestRate: requestRate(readings, id, rateWindowMs) ?? null,
-            requestRates: requestRates(readings, id),
-            denials: denialsByReason(readings, id),
-            certificates: samples
-              .filter((s) => s.name === M.expiry && s.labels.tenant === id)
-              .map((s) => ({ certificate: s.labels.certificate ?? '', notAfter: s.value }))
-              .sort((a, b) => a.notAfter - b.notAfter),
-          };
-        }).filter(isWorthShowing),
-      };
+      );
+      return entry.report;
     },
+  };
+}
+
+/** A report in the making, or made, and until when it is given to callers. */
+interface SharedReport {
+  readonly report: Promise<StatusReport>;
+  freshUntil?: number;
+}
+
+/** One tenant's samples, by metric name. */
+type TenantSamples = ReadonlyMap<string, readonly MetricSample[]>;
+const NO_SAMPLES: TenantSamples = new Map();
+
+function tenantStatus(
+  id: string,
+  known: TenantTopology | undefined,
+  samples: TenantSamples,
+  readings: readonly CounterReading[],
+  rateWindowMs: number,
+): TenantStatus {
+  const of = (name: string): readonly MetricSample[] => samples.get(name) ?? [];
+  const up = firstByReplica(of(M.replicaUp));
+  const sessions = firstByReplica(of(M.sessions));
+  const replicas = new Set([...of(M.replicaUp), ...of(M.sessions)].map((s) => s.labels.replica ?? ''));
+  return {
+    id,
+    inTopology: known !== undefined,
+    hosts: known?.hosts ?? [],
+    clusters: known?.clusters ?? [],
+    istiod: known?.istiod ?? [],
+    replicas: [...replicas].sort().map((replica) => ({
+      replica,
+      up: upOf(up.get(replica)),
+      sessions: sessions.get(replica)?.value ?? null,
+    })),
+    xdsStreams: total(of(M.streams)),
+    watches: total(of(M.watches)),
+    tunnels: total(of(M.tunnels)),
+    requestRate: requestRate(readings, id, rateWindowMs) ?? null,
+    requestRates: requestRates(readings, id),
+    denials: denialsByReason(readings, id),
+    certificates: of(M.expiry)
+      .map((s) => ({ certificate: s.labels.certificate ?? '', notAfter: s.value }))
+      .sort((a, b) => a.notAfter - b.notAfter),
   };
 }
 
@@ -207,13 +255,12 @@ export function topologyOf(tenants: readonly TenantConfig[], mode: string): Stat
 }
 
 /** The configured tenants in order, then any others the metrics name, then requests with no tenant. */
-function tenantIds(topology: StatusTopology, samples: readonly MetricSample[]): string[] {
+function tenantIds(topology: StatusTopology, named: Iterable<string>): string[] {
   const ids = topology.tenants.map((t) => t.id);
   const seen = new Set(ids);
   const others = new Set<string>();
-  for (const s of samples) {
-    const tenant = s.labels.tenant;
-    if (tenant !== undefined && !seen.has(tenant) && tenant !== '') others.add(tenant);
+  for (const tenant of named) {
+    if (!seen.has(tenant) && tenant !== '') others.add(tenant);
   }
   const noTenant = others.delete(NO_TENANT);
   return [...ids, ...[...others].sort(), ...(noTenant ? [NO_TENANT] : [])];
@@ -235,16 +282,43 @@ function countersOf(samples: readonly MetricSample[], at: number): CounterReadin
   return { at, requests, denials };
 }
 
-function sum(samples: readonly MetricSample[], name: string, labels: Readonly<Record<string, string>>): number {
-  let total = 0;
+/** The samples by metric name, and those with a tenant label by tenant, then by name; each in the order read. */
+function group(samples: readonly MetricSample[]): {
+  byName: Map<string, MetricSample[]>;
+  byTenant: Map<string, Map<string, MetricSample[]>>;
+} {
+  const byName = new Map<string, MetricSample[]>();
+  const byTenant = new Map<string, Map<string, MetricSample[]>>();
+  const add = (into: Map<string, MetricSample[]>, s: MetricSample): void => {
+    const list = into.get(s.name);
+    if (list === undefined) into.set(s.name, [s]);
+    else list.push(s);
+  };
   for (const s of samples) {
-    if (s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)) total += s.value;
+    add(byName, s);
+    const tenant = s.labels.tenant;
+    if (tenant === undefined) continue;
+    let names = byTenant.get(tenant);
+    if (names === undefined) byTenant.set(tenant, (names = new Map<string, MetricSample[]>()));
+    add(names, s);
   }
-  return total;
+  return { byName, byTenant };
 }
 
-function single(samples: readonly MetricSample[], name: string): number | null {
-  return samples.find((s) => s.name === name)?.value ?? null;
+/** The first sample of each replica label (a sample without one has none). */
+function firstByReplica(samples: readonly MetricSample[]): Map<string, MetricSample> {
+  const first = new Map<string, MetricSample>();
+  for (const s of samples) {
+    const replica = s.labels.replica;
+    if (replica !== undefined && !first.has(replica)) first.set(replica, s);
+  }
+  return first;
+}
+
+function total(samples: readonly MetricSample[]): number {
+  let sum = 0;
+  for (const s of samples) sum += s.value;
+  return sum;
 }
 
 function upOf(sample: MetricSample | undefined): boolean | null {
