@@ -1,8 +1,8 @@
 /**
  * Envoy's MetricsService protos, loaded once with protobufjs: `StreamMetricsMessage` (from the
  * `@grpc/grpc-js-xds` package's `deps/envoy-api`) and the Prometheus client model it carries
- * (`protos/io/prometheus/client/metrics.proto`, copied from prometheus/client_model v0.6.2, which
- * grpc-js-xds does not ship).
+ * (`protos/io/prometheus/client/metrics.proto`: the fields meshgate reads, with the model's field
+ * numbers; grpc-js-xds does not ship it).
  */
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
