@@ -18,7 +18,8 @@ import type { H2Exchange } from '../listener/exchange.js';
 import type { H2Pool } from './h2-pool.js';
 
 export interface GrpcForwardRequest {
-  readonly pool: H2Pool;
+  /** Where the stream opens: a pool, or a stream opened already (see src/planes/xds/debug-fanout.ts). */
+  readonly pool: Pick<H2Pool, 'open'>;
   /** The complete outbound headers, pseudo-headers included. */
   readonly headers: OutgoingHttpHeaders;
   readonly onBytes?: (direction: 'toUpstream' | 'toClient', bytes: number) => void;

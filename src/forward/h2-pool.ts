@@ -86,7 +86,12 @@ export interface H2Pool {
    * Opens a stream. With a `signal`, aborting it cancels the stream (RST_STREAM(CANCEL)); without
    * one (it costs a listener per stream), the caller closes the stream itself.
    */
-  open(headers: OutgoingHttpHeaders, options: { endStream: boolean; signal?: AbortSignal }): Promise<ClientHttp2Stream>;
+  open(headers: OutgoingHttpHeaders, options: { endStream: boolean; signal?: AbortSignal; replica?: string }): Promise<ClientHttp2Stream>;
+  /**
+   * The replicas new streams may go to (`host:port`), for a caller that must ask each of them
+   * (`open` with `replica`). Waits for the first DNS resolution.
+   */
+  replicas(): Promise<string[]>;
   stats(): ReplicaStats[];
   close(): void;
 }
@@ -295,13 +300,22 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
     return pooled;
   };
 
-  /** Reserves a slot on the least busy replica, on a session with room or a new one. */
-  const pick = (): PooledSession => {
+  /**
+   * Reserves a slot on the least busy replica, or on the one asked for (backing off or not: its
+   * caller asked for it by name), on a session with room or a new one.
+   */
+  const pick = (wanted?: string): PooledSession => {
     const now = Date.now();
     let best: Replica | undefined;
-    for (const replica of replicas.values()) {
-      if (replica.removed || replica.failedUntil > now) continue;
-      if (best === undefined || replica.active < best.active) best = replica;
+    if (wanted === undefined) {
+      for (const replica of replicas.values()) {
+        if (replica.removed || replica.failedUntil > now) continue;
+        if (best === undefined || replica.active < best.active) best = replica;
+      }
+    } else {
+      best = replicas.get(wanted);
+      if (best?.removed === true) best = undefined;
+      if (best === undefined) throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { message: 'no such replica of the upstream', detail: wanted });
     }
     if (best === undefined) {
       throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { message: 'no replica of the upstream is reachable', cause: lastFailure });
@@ -325,7 +339,7 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
     get protocol() {
       return protocol;
     },
-    async open(headers, { endStream, signal }) {
+    async open(headers, { endStream, signal, replica: wanted }) {
       if (closed) throw new MeshgateError('MG_ERR_SHUTTING_DOWN');
       if (protocol === 'http/1.1') throw new Http1Only();
       if (replicas.size === 0) {
@@ -339,7 +353,7 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       }
       let lastError: unknown;
       for (let attempt = 0; attempt < 3; attempt++) {
-        const pooled = pick();
+        const pooled = pick(wanted);
         try {
           await pooled.ready;
         } catch (err) {
@@ -371,6 +385,10 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
         return stream;
       }
       throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { cause: lastError, detail: 'could not open a stream upstream' });
+    },
+    async replicas() {
+      if (replicas.size === 0) await discovered.catch(() => undefined);
+      return [...replicas.values()].filter((r) => !r.removed).map((r) => r.key);
     },
     stats: () =>
       [...replicas.values()].map((r) => ({ replica: r.key, sessions: r.sessions.size, streams: r.active })),

@@ -168,6 +168,18 @@ export function createMetrics() {
       labelNames: ['tenant', 'direction'] as const,
       registers,
     }),
+    xdsDebugFanouts: new Counter({
+      name: 'meshgate_xds_debug_fanout_total',
+      help: "istioctl debug requests asked of every istiod replica (syncz, config_dump), by tenant and outcome: complete, partial (a replica did not answer), failed.",
+      labelNames: ['tenant', 'outcome'] as const,
+      registers,
+    }),
+    xdsDebugFanoutMissing: new Counter({
+      name: 'meshgate_xds_debug_fanout_replicas_missing_total',
+      help: 'istiod replicas that did not answer a debug request asked of every replica in time, by tenant.',
+      labelNames: ['tenant'] as const,
+      registers,
+    }),
     sidecarMetricsStreams: new Gauge({
       name: 'meshgate_xds_metrics_streams',
       help: "Open sidecar metrics streams (Envoy's MetricsService) by tenant.",

@@ -40,13 +40,13 @@ export interface ExtraGateway {
 export async function startGatewayFrom(
   sandbox: Sandbox,
   edit: (config: Record<string, any>) => void,
-  { logger = silent(), bodyBudgetBytes }: { logger?: Logger; bodyBudgetBytes?: number } = {},
+  { logger = silent(), ...options }: { logger?: Logger; bodyBudgetBytes?: number; debugFanoutTimeoutMs?: number } = {},
 ): Promise<ExtraGateway> {
   const config = parse(readFileSync(sandbox.info.config, 'utf8')) as Record<string, any>;
   edit(config);
   const file = join(mkdtempSync(join(tmpdir(), 'meshgate-config-')), 'meshgate.yaml');
   writeFileSync(file, stringify(config));
-  const gateway = buildGateway(loadConfig(file), bodyBudgetBytes === undefined ? { logger } : { logger, bodyBudgetBytes });
+  const gateway = buildGateway(loadConfig(file), { logger, ...options });
   const addresses = await gateway.listen();
   return {
     gateway,

@@ -25,6 +25,7 @@ import type { Plane, RoutedContext } from '../plane.js';
 import { readDiscoveryRequest } from '../../grpc/discovery-request.js';
 import { DEFAULT_DEBUG_ENDPOINTS } from '../debug/endpoints.js';
 import { checkDebugRequest, createMethodPolicy, type MethodPolicy } from './requests.js';
+import { DEFAULT_FANOUT_TIMEOUT_MS, openWhilePeeking, serveFanout, type FanoutOutcome } from './debug-fanout.js';
 import { buildMetricsState, handleStreamMetrics, holdMetrics, STREAM_METRICS_METHOD, type MetricsServiceEvents, type MetricsState } from '../metrics/stream-metrics.js';
 
 /**
@@ -72,6 +73,10 @@ export interface XdsPlaneDeps {
   readonly onStream?: (tenant: string, delta: 1 | -1) => void;
   readonly onStreamEnd?: (tenant: string, seconds: number) => void;
   readonly onBytes?: (tenant: string, direction: 'toUpstream' | 'toClient', bytes: number) => void;
+  /** A debug request asked of every replica was answered (or failed). */
+  readonly onDebugFanout?: (tenant: string, outcome: FanoutOutcome) => void;
+  /** How long a replica has to answer a debug request asked of every replica. */
+  readonly debugFanoutTimeoutMs?: number;
   readonly metricsService?: MetricsServiceEvents;
 }
 
@@ -191,17 +196,34 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
       let terminate: ((code: number, message: string) => void) | undefined;
       const { pool, streams } = state.pool.value;
       try {
-        const result = await forwardGrpc(exchange, {
-          pool,
-          headers,
-          ...(deps.onBytes ? { onBytes: (direction, bytes) => deps.onBytes?.(state.tenant, direction, bytes) } : {}),
-          onOpen: (end) => {
-            terminate = end;
-            open.add(end);
-            streams.add(end);
-          },
-          ...(kind === undefined ? {} : { checkMessage: (payload: Buffer) => checkDebugRequest(readDiscoveryRequest(payload, kind), state.debugEndpoints) }),
-        });
+        // istioctl's per-replica debug requests are asked of every replica: ./debug-fanout.ts.
+        const peeked = kind === 'sotw' ? openWhilePeeking(exchange, pool, headers) : undefined;
+        const fanout = await peeked?.fanout;
+        if (fanout || exchange.stream.closed) peeked?.cancel();
+        const result = exchange.stream.closed
+          ? { grpcStatus: undefined }
+          : fanout
+          ? await serveFanout({
+              stream: exchange.stream,
+              pool,
+              headers,
+              first: fanout.fields,
+              firstMessage: fanout.message,
+              debugEndpoints: state.debugEndpoints,
+              timeoutMs: deps.debugFanoutTimeoutMs ?? DEFAULT_FANOUT_TIMEOUT_MS,
+              ...(deps.onDebugFanout ? { onOutcome: (outcome: FanoutOutcome) => deps.onDebugFanout?.(state.tenant, outcome) } : {}),
+            })
+          : await forwardGrpc(exchange, {
+              pool: peeked?.pool ?? pool,
+              headers,
+              ...(deps.onBytes ? { onBytes: (direction, bytes) => deps.onBytes?.(state.tenant, direction, bytes) } : {}),
+              onOpen: (end) => {
+                terminate = end;
+                open.add(end);
+                streams.add(end);
+              },
+              ...(kind === undefined ? {} : { checkMessage: (payload: Buffer) => checkDebugRequest(readDiscoveryRequest(payload, kind), state.debugEndpoints) }),
+            });
         context.grpcStatus = result.grpcStatus;
         if (result.error) context.error = result.error;
       } finally {
