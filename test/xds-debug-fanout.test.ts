@@ -41,6 +41,7 @@ interface AskedRequest {
   readonly typeUrl: string;
   readonly authorization: string;
   readonly clusterid: string;
+  readonly node: string | undefined;
 }
 
 /** One istiod replica: lists only the sidecars whose ADS stream it holds, as istiod's debugSyncz does. */
@@ -73,7 +74,7 @@ async function startReplicas(prefix: string, count: number) {
           call.on('data', (request: { node?: { id?: string }; type_url?: string; resource_names?: string[] }) => {
             const typeUrl = request.type_url ?? '';
             if (typeUrl.startsWith('istio.io/debug')) {
-              replica.asked.push({ typeUrl, authorization: String(call.metadata.get('authorization')[0]), clusterid: String(call.metadata.get('clusterid')[0]) });
+              replica.asked.push({ typeUrl, authorization: String(call.metadata.get('authorization')[0]), clusterid: String(call.metadata.get('clusterid')[0]), node: request.node?.id });
               if (replica.hang) return;
               const listed = [...replica.connected, ...replica.alsoLists];
               const resources =
@@ -205,7 +206,7 @@ describe('istio.io/debug/syncz across every replica', () => {
     expect(outcome.response?.type_url).toBe(TYPE_URL.syncz);
     // Every replica was asked once, with the caller's own token.
     for (const replica of replicas) {
-      expect(replica.asked).toEqual([{ typeUrl: TYPE_URL.syncz, authorization: `Bearer ${tenantOf(sandbox, 'acme').tokens.debug}`, clusterid: expect.any(String) as string }]);
+      expect(replica.asked).toEqual([{ typeUrl: TYPE_URL.syncz, authorization: `Bearer ${tenantOf(sandbox, 'acme').tokens.debug}`, clusterid: expect.any(String) as string, node: 'istioctl' }]);
     }
     expect(await metric(gateway, 'meshgate_xds_debug_fanout_total')).toContain('meshgate_xds_debug_fanout_total{tenant="acme",outcome="complete"} 1');
   });
@@ -287,6 +288,8 @@ describe('istio.io/debug/syncz across every replica', () => {
     call.write({ type_url: TYPE_URL.syncz });
     await second;
     expect(replicas.map((r) => r.asked.length)).toEqual([2, 2]);
+    // Each replica's stream opens with the node, though the second request did not repeat it.
+    expect(replicas.flatMap((r) => r.asked.map((a) => a.node))).toEqual(['istioctl', 'istioctl', 'istioctl', 'istioctl']);
     call.write({ type_url: TYPE_URL.cluster });
     const status_ = await ended;
     expect(status_.code).toBe(status.INVALID_ARGUMENT);

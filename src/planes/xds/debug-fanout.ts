@@ -380,6 +380,7 @@ export async function serveFanout(request: FanoutStream): Promise<{ grpcStatus: 
     if (!stream.writableEnded) stream.end();
   };
 
+  const node = readFields(request.firstMessage).find((f) => f.number === 2)?.raw ?? Buffer.alloc(0);
   try {
     checkDebugRequest(request.first, request.debugEndpoints);
     await answer(request.first, request.firstMessage);
@@ -396,7 +397,10 @@ export async function serveFanout(request: FanoutStream): Promise<{ grpcStatus: 
         buffered = buffered.subarray(5 + size);
         const fields = readDiscoveryRequest(message, 'sotw');
         checkDebugRequest(fields, request.debugEndpoints);
-        await answer(fields, message);
+        // Each replica gets it on a new stream, whose first request must name the node (2), as
+        // the stream's first request did: istioctl's adsc names it there only.
+        const named = readFields(message).some((f) => f.number === 2);
+        await answer(fields, named ? message : Buffer.concat([node, message]));
       }
     }
     if (cancel.signal.aborted) {
