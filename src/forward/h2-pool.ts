@@ -106,6 +106,8 @@ interface Replica {
   /** The streams per session this replica last allowed (SETTINGS_MAX_CONCURRENT_STREAMS), once known. */
   peerLimit: number | undefined;
   removed: boolean;
+  /** When its backoff ends, a session is tried even if no stream asks for one (see `fail`). */
+  probe?: NodeJS.Timeout;
 }
 
 interface PooledSession {
@@ -187,6 +189,11 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       if (!pooled.session.closed) pooled.session.close();
       return;
     }
+    idle(pooled);
+  };
+
+  /** A session with no stream closes after IDLE_SESSION_MS, unless a stream comes first. */
+  const idle = (pooled: PooledSession): void => {
     clearTimeout(pooled.idleTimer);
     pooled.idleTimer = setTimeout(() => {
       if (pooled.active === 0) drain(pooled);
@@ -199,8 +206,23 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
   const fail = (replica: Replica, err: unknown): void => {
     lastFailure = err;
     replica.failures++;
-    replica.failedUntil = Date.now() + backoffMs(replica.failures);
+    const delay = backoffMs(replica.failures);
+    replica.failedUntil = Date.now() + delay;
     options.events?.health?.(replica.key, 'down');
+    // With someone watching its health, a replica that failed is tried again when its backoff
+    // ends, traffic or not: streams avoid it meanwhile, so none might ever find out it is back.
+    if (options.events?.health === undefined) return;
+    clearTimeout(replica.probe);
+    replica.probe = setTimeout(() => {
+      replica.probe = undefined;
+      if (closed || replica.removed || replica.sessions.size > 0) return;
+      const pooled = openSession(replica);
+      // Ready, it waits for streams like any idle session; failed, `fail` schedules the next try.
+      pooled.ready.then(() => {
+        if (pooled.active === 0) idle(pooled);
+      }, () => undefined);
+    }, delay);
+    replica.probe.unref();
   };
 
   const openSession = (replica: Replica): PooledSession => {
@@ -396,6 +418,7 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       closed = true;
       clearInterval(dnsTimer);
       for (const replica of replicas.values()) {
+        clearTimeout(replica.probe);
         for (const pooled of replica.sessions) pooled.session.destroy();
         options.events?.health?.(replica.key, 'removed');
       }
