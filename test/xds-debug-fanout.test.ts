@@ -4,8 +4,6 @@
  * across them by meshgate's pool, and istioctl's `istio.io/debug/syncz` and `config_dump` asked
  * through meshgate with real grpc-js clients.
  */
-import { randomUUID } from 'node:crypto';
-import { Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { xdsProtos } from '../src/sandbox/xds-protos.js';
@@ -18,12 +16,12 @@ import {
   metadata,
   status,
   TYPE_URL,
-  upstreamTls,
   type AdsCall,
   type AdsClient,
   type DiscoveryResponse,
 } from './helpers/grpc.js';
 import { startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
+import { startIstiodReplicas, type IstiodReplicas } from './helpers/istiod-replicas.js';
 
 const CONFIG_DUMP = 'istio.io/debug/config_dump';
 
@@ -37,86 +35,13 @@ afterAll(async () => {
   await sandbox.close();
 });
 
-interface AskedRequest {
-  readonly typeUrl: string;
-  readonly authorization: string;
-  readonly clusterid: string;
-  readonly node: string | undefined;
-}
+const startReplicas = async (prefix: string, count: number) => {
+  const started = await startIstiodReplicas(prefix, count);
+  closers.push(() => started.close());
+  return started;
+};
 
-/** One istiod replica: lists only the sidecars whose ADS stream it holds, as istiod's debugSyncz does. */
-interface Replica {
-  readonly name: string;
-  readonly url: string;
-  readonly connected: Set<string>;
-  /** Debug requests asked of this replica. */
-  readonly asked: AskedRequest[];
-  /** Sidecar streams opened on this replica. */
-  readonly streams: string[];
-  /** Never answers debug requests while set. */
-  hang: boolean;
-  /** Proxies it also lists, as if a sidecar had just moved here. */
-  readonly alsoLists: string[];
-}
-
-async function startReplicas(prefix: string, count: number) {
-  const tls = await upstreamTls();
-  const protos = xdsProtos();
-  const replicas = await Promise.all(
-    Array.from({ length: count }, async (_, i) => {
-      const server = new Server();
-      const replica: Replica = { name: `${prefix}-${i}`, url: '', connected: new Set(), asked: [], streams: [], hang: false, alsoLists: [] };
-      const identifier = JSON.stringify({ Component: 'istiod', ID: replica.name, Info: { version: '1.32-dev' } });
-      const clientConfig = (id: string) => protos.pack(TYPE_URL.clientConfig, { node: { id, metadata: { fields: { CLUSTER_ID: { stringValue: 'acme-east' } } } } });
-      server.addService(protos.AggregatedDiscoveryService.service, {
-        StreamAggregatedResources: (call: ServerDuplexStream<{ node?: { id?: string }; type_url?: string; resource_names?: string[] }, object>) => {
-          let node: string | undefined;
-          call.on('data', (request: { node?: { id?: string }; type_url?: string; resource_names?: string[] }) => {
-            const typeUrl = request.type_url ?? '';
-            if (typeUrl.startsWith('istio.io/debug')) {
-              replica.asked.push({ typeUrl, authorization: String(call.metadata.get('authorization')[0]), clusterid: String(call.metadata.get('clusterid')[0]), node: request.node?.id });
-              if (replica.hang) return;
-              const listed = [...replica.connected, ...replica.alsoLists];
-              const resources =
-                typeUrl === TYPE_URL.syncz
-                  ? listed.map(clientConfig)
-                  : listed.filter((id) => request.resource_names?.[0] === id).map((id) => protos.pack(TYPE_URL.cluster, { name: `dump of ${id} by ${replica.name}` }));
-              call.write({ version_info: 'v1', type_url: typeUrl, nonce: randomUUID(), resources, control_plane: { identifier } });
-              return;
-            }
-            if (node === undefined && request.node?.id) {
-              node = request.node.id;
-              replica.connected.add(node);
-              replica.streams.push(node);
-            }
-            call.write({ version_info: 'v1', type_url: typeUrl, nonce: randomUUID(), resources: [] });
-          });
-          const leave = (): void => {
-            if (node !== undefined) replica.connected.delete(node);
-          };
-          call.on('end', () => {
-            leave();
-            call.end();
-          });
-          call.on('cancelled', leave);
-          call.on('error', leave);
-        },
-      });
-      const port = await new Promise<number>((resolve, reject) =>
-        server.bindAsync(
-          '127.0.0.1:0',
-          ServerCredentials.createSsl(null, [{ private_key: Buffer.from(tls.key), cert_chain: Buffer.from(tls.cert) }], false),
-          (err, p) => (err ? reject(err) : resolve(p)),
-        ),
-      );
-      closers.push(() => server.forceShutdown());
-      return Object.assign(replica, { url: `https://127.0.0.1:${port}` });
-    }),
-  );
-  return { replicas, xds: { replicas: replicas.map((r) => r.url), ca: tls.caFile, serverName: tls.serverName } };
-}
-
-type Xds = Awaited<ReturnType<typeof startReplicas>>['xds'];
+type Xds = IstiodReplicas['xds'];
 
 /** A meshgate whose acme (and, if given, globex) istiod replicas are the ones started here. */
 async function gatewayTo(acme: Xds, { globex, debugEndpoints, timeoutMs = 5000 }: { globex?: Xds; debugEndpoints?: string[]; timeoutMs?: number } = {}): Promise<ExtraGateway> {
