@@ -203,6 +203,8 @@ describe('the latest values by proxy, within bounds', () => {
     if (!store) throw new Error('acme keeps no sidecar metrics');
     return store;
   };
+  /** What the provider's Prometheus scrapes: the admin listener's page for one tenant. */
+  const scrape = (tenant: string) => fetch(`http://127.0.0.1:${gateway.addresses.admin.port}/tenants/${tenant}/sidecar-metrics`);
 
   it('keeps the latest value per proxy, labelled by pod and namespace, and drops and counts what is over maxSeries', async () => {
     const outcome = await streamMetrics('acme', token('acme'), [
@@ -217,7 +219,11 @@ describe('the latest values by proxy, within bounds', () => {
       },
     ]);
     expect(outcome.code).toBe(status.OK);
-    const text = acmeStore().render();
+    const page = await scrape('acme');
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    const text = await page.text();
+    expect(text).toBe(acmeStore().render());
     expect(text).toContain('envoy_http_rq_total{pod="productpage-v1-6b7f6dc4f5-x2x7p",namespace="bookinfo",envoy_http_conn_manager_prefix="inbound_0_0_0_0_9080"} 5');
     expect(text).not.toContain('} 1\nenvoy_http_rq_total');
     expect(text).not.toContain('envoy_c_total');
@@ -227,6 +233,11 @@ describe('the latest values by proxy, within bounds', () => {
     );
     // Nothing of globex's sidecars is among acme's.
     expect(text).not.toContain('details-v1');
+  });
+
+  it("serves a page only for a tenant that keeps its sidecars' metrics", async () => {
+    // globex sends to its collector and keeps nothing here; an unknown tenant has no page either.
+    for (const tenant of ['globex', 'nobody', '..%2Facme']) expect((await scrape(tenant)).status, tenant).toBe(404);
   });
 });
 

@@ -22,14 +22,21 @@ export interface AdminServerOptions {
   readonly access: AdminAccess;
   /** The status page's data; sampled while the listener is open. */
   readonly status: StatusSource;
+  /**
+   * A tenant's sidecars' latest metrics (Prometheus text), for /tenants/<id>/sidecar-metrics:
+   * undefined when the tenant does not expose them here (or is unknown).
+   */
+  readonly sidecarMetrics?: (tenant: string) => string | undefined;
 }
+
+const SIDECAR_METRICS = /^\/tenants\/([^/]+)\/sidecar-metrics$/;
 
 export interface AdminServer {
   listen(): Promise<AddressInfo>;
   close(): Promise<void>;
 }
 
-const PATHS = ['/healthz', '/readyz', '/metrics', '/status', '/status.json'];
+const PATHS = ['/healthz', '/readyz', '/metrics', '/status', '/status.json', '/tenants/<id>/sidecar-metrics'];
 
 export function createAdminServer(options: AdminServerOptions): AdminServer {
   const server = createServer((req, res) => {
@@ -71,8 +78,16 @@ export function createAdminServer(options: AdminServerOptions): AdminServer {
       case '/status.json':
         respondWithStatus(res, options.status, (report) => json(res, 200, report, { 'cache-control': 'no-store' }));
         return;
-      default:
-        json(res, 404, { status: 'not found', paths: PATHS });
+      default: {
+        const tenant = SIDECAR_METRICS.exec(path ?? '')?.[1];
+        const text = tenant === undefined ? undefined : options.sidecarMetrics?.(tenant);
+        if (text === undefined) {
+          json(res, 404, { status: 'not found', paths: PATHS });
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+        res.end(text);
+      }
     }
   });
   server.keepAliveTimeout = 5_000;

@@ -14,7 +14,8 @@ import { createDebugPlane } from '../planes/debug/plane.js';
 import { createKubePlane } from '../planes/kube/plane.js';
 import type { Plane } from '../planes/plane.js';
 import { createWebhookPlane } from '../planes/webhook/plane.js';
-import { createXdsPlane } from '../planes/xds/plane.js';
+import { createXdsPlane, type XdsState } from '../planes/xds/plane.js';
+import { storeOf } from '../planes/metrics/stream-metrics.js';
 import { createTenantLimits } from '../policy/limits.js';
 import { createRequestRates } from '../policy/request-rate.js';
 import { defaultCertificate } from '../pki/default-certificate.js';
@@ -216,6 +217,10 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       topology: () => topologyOf(snapshot.tenants.map((t) => t.config), 'one process'),
       read: registryReader(metrics.registry),
     }),
+    sidecarMetrics: (id) => {
+      const tenant = snapshot.tenants.find((t) => t.id === id);
+      return tenant === undefined ? undefined : storeOf((snapshot.planeState(tenant, 'xds') as XdsState | undefined)?.metrics)?.render();
+    },
   });
 
   const warmKeys = (s: Snapshot): void => {
