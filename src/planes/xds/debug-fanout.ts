@@ -42,6 +42,11 @@ export const DEFAULT_FANOUT_TIMEOUT_MS = 5000;
 export const ISTIOD_METADATA_KEY = 'MESHGATE_ISTIOD';
 
 const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+/**
+ * One replica's answer: a syncz lists every proxy connected to it (a few hundred bytes each), so
+ * this is larger than a request may be. A replica whose answer is larger is reported missing.
+ */
+const MAX_ANSWER_BYTES = 32 * 1024 * 1024;
 
 export interface FanoutOutcome {
   readonly replicas: number;
@@ -241,20 +246,26 @@ function askReplica(pool: H2Pool, replica: string, headers: OutgoingHttpHeaders,
     const timer = setTimeout(() => settle({ ok: false, reason: `no answer within ${timeoutMs} ms` }), timeoutMs);
     pool.open(headers, { endStream: false, signal: abort.signal, replica }).then(
       (up) => {
-        let buffered = Buffer.alloc(0);
+        // Chunks kept as they come and joined once: a large answer is not copied chunk by chunk.
+        const chunks: Buffer[] = [];
+        let length = 0;
+        let size: number | undefined;
         up.on('error', () => undefined);
         up.on('response', (response) => {
           const code = response['grpc-status'];
           if (typeof code === 'string' && code !== '0') settle({ ok: false, reason: `grpc-status ${code}: ${String(response['grpc-message'] ?? '')}` });
         });
         up.on('data', (chunk: Buffer) => {
-          buffered = Buffer.concat([buffered, chunk]);
-          if (buffered.length < 5) return;
-          const size = buffered.readUInt32BE(1);
-          if (size > MAX_MESSAGE_BYTES) return settle({ ok: false, reason: 'answer too large' });
-          if (buffered.length < 5 + size) return;
+          chunks.push(chunk);
+          length += chunk.length;
+          if (size === undefined) {
+            if (length < 5) return;
+            size = Buffer.concat(chunks, length).readUInt32BE(1);
+            if (size > MAX_ANSWER_BYTES) return settle({ ok: false, reason: `answer larger than ${MAX_ANSWER_BYTES} bytes` });
+          }
+          if (length < 5 + size) return;
           try {
-            settle({ ok: true, answer: readAnswer(Buffer.from(buffered.subarray(5, 5 + size))) });
+            settle({ ok: true, answer: readAnswer(Buffer.concat(chunks, length).subarray(5, 5 + size)) });
           } catch (err) {
             settle({ ok: false, reason: `malformed answer: ${err instanceof Error ? err.message : String(err)}` });
           }
