@@ -25,6 +25,7 @@ import { MeshgateError, toMeshgateError } from '../../errors.js';
 import type { H2Pool } from '../../forward/h2-pool.js';
 import type { H2Exchange } from '../../listener/exchange.js';
 import { readDiscoveryRequest, type DiscoveryRequestFields } from '../../grpc/discovery-request.js';
+import { forEachField } from '../../grpc/protobuf-wire.js';
 import { grpcStatusHeaders, GRPC_STATUS, respondTrailersOnly } from '../../grpc/status.js';
 import { checkDebugRequest } from './requests.js';
 
@@ -107,43 +108,9 @@ interface Field {
 
 function readFields(message: Buffer): Field[] {
   const fields: Field[] = [];
-  let at = 0;
-  const varint = (): number => {
-    let value = 0;
-    for (let shift = 0; shift < 64; shift += 7) {
-      const byte = message[at++];
-      if (byte === undefined) throw new Error('varint past the end');
-      value += (byte & 0x7f) * 2 ** shift;
-      if ((byte & 0x80) === 0) return value;
-    }
-    throw new Error('varint too long');
-  };
-  while (at < message.length) {
-    const start = at;
-    const key = varint();
-    let bytes: Buffer = Buffer.alloc(0);
-    switch (key % 8) {
-      case 0:
-        varint();
-        break;
-      case 1:
-        at += 8;
-        break;
-      case 5:
-        at += 4;
-        break;
-      case 2: {
-        const size = varint();
-        bytes = message.subarray(at, at + size);
-        at += size;
-        break;
-      }
-      default:
-        throw new Error(`wire type ${key % 8}`);
-    }
-    if (at > message.length) throw new Error('field past the end');
-    fields.push({ number: Math.floor(key / 8), bytes, raw: message.subarray(start, at) });
-  }
+  forEachField(message, (number, wireType, valueStart, end, start) => {
+    fields.push({ number, bytes: wireType === 2 ? message.subarray(valueStart, end) : Buffer.alloc(0), raw: message.subarray(start, end) });
+  });
   return fields;
 }
 
