@@ -7,14 +7,15 @@ import { readFileSync } from 'node:fs';
 import { credentials, type ClientWritableStream, loadPackageDefinition, Metadata, Server, ServerCredentials, status, type ServerReadableStream, type ServiceClientConstructor, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { METRICS_INCLUDE_DIRS, METRICS_SERVICE_PROTO } from '../src/planes/metrics/protos.js';
+import { PROTO_INCLUDE_DIRS } from '../src/grpc/proto-root.js';
+import { METRICS_SERVICE_PROTO } from '../src/planes/metrics/protos.js';
 import { storeOf } from '../src/planes/metrics/stream-metrics.js';
 import type { XdsState } from '../src/planes/xds/plane.js';
 import type { Sandbox } from '../src/sandbox/sandbox.js';
 import { bearer, metadata, upstreamTls } from './helpers/grpc.js';
 import { startGatewayFrom, startTestSandbox, tenantOf, type ExtraGateway } from './helpers/sandbox.js';
 
-const definition = loadSync(METRICS_SERVICE_PROTO, { includeDirs: METRICS_INCLUDE_DIRS, keepCase: true, longs: String, enums: String, defaults: false, oneofs: true });
+const definition = loadSync(METRICS_SERVICE_PROTO, { includeDirs: PROTO_INCLUDE_DIRS, keepCase: true, longs: String, enums: String, defaults: false, oneofs: true });
 const MetricsService = (loadPackageDefinition(definition) as any).envoy.service.metrics.v3.MetricsService as ServiceClientConstructor;
 
 interface Received {

@@ -3,21 +3,10 @@
  * `@grpc/grpc-js-xds` package's `deps/`), and Istio's CA service (`protos/istioca.proto`). The
  * sandbox's stand-in istiod serves them; the `meshgate xds` client and the tests call them.
  */
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadPackageDefinition, type GrpcObject, type ServiceClientConstructor } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import protobuf from 'protobufjs';
-
-const require = createRequire(import.meta.url);
-/** `@grpc/grpc-js-xds/build/src/index.js` → the package folder. */
-const XDS_PACKAGE = join(dirname(require.resolve('@grpc/grpc-js-xds')), '..', '..');
-const DEPS = join(XDS_PACKAGE, 'deps');
-/** src/sandbox or dist/sandbox → the repository's protos/. */
-const OWN = fileURLToPath(new URL('../../protos', import.meta.url));
-
-export const INCLUDE_DIRS = [join(DEPS, 'envoy-api'), join(DEPS, 'googleapis'), join(DEPS, 'protoc-gen-validate'), join(DEPS, 'xds'), OWN];
+import type protobuf from 'protobufjs';
+import { PROTO_INCLUDE_DIRS, protoRoot } from '../grpc/proto-root.js';
 
 const FILES = [
   'envoy/service/discovery/v3/ads.proto',
@@ -51,21 +40,9 @@ let loaded: XdsProtos | undefined;
 
 export function xdsProtos(): XdsProtos {
   if (loaded) return loaded;
-  const definition = loadSync(FILES, { includeDirs: INCLUDE_DIRS, keepCase: true, longs: String, enums: String, defaults: false, oneofs: true });
+  const definition = loadSync(FILES, { includeDirs: PROTO_INCLUDE_DIRS, keepCase: true, longs: String, enums: String, defaults: false, oneofs: true });
   const grpc = loadPackageDefinition(definition);
-  const root = new protobuf.Root();
-  root.resolvePath = (_origin, target) => {
-    for (const dir of INCLUDE_DIRS) {
-      const candidate = join(dir, target);
-      try {
-        require.resolve(candidate);
-        return candidate;
-      } catch {
-        // not in this folder
-      }
-    }
-    return target;
-  };
+  const root = protoRoot();
   root.loadSync(FILES, { keepCase: true });
   const typeOf = (typeUrl: string): protobuf.Type => root.lookupType(typeUrl.slice(typeUrl.lastIndexOf('/') + 1));
 

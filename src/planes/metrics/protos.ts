@@ -5,16 +5,11 @@
  * numbers; grpc-js-xds does not ship it).
  */
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
+import { protoRoot } from '../../grpc/proto-root.js';
 
 const require = createRequire(import.meta.url);
-const DEPS = join(dirname(require.resolve('@grpc/grpc-js-xds')), '..', '..', 'deps');
-/** src/planes/metrics or dist/planes/metrics → the repository's protos/. */
-const OWN = fileURLToPath(new URL('../../../protos', import.meta.url));
 
-export const METRICS_INCLUDE_DIRS = [join(DEPS, 'envoy-api'), join(DEPS, 'googleapis'), join(DEPS, 'protoc-gen-validate'), join(DEPS, 'xds'), OWN];
 export const METRICS_SERVICE_PROTO = 'envoy/service/metrics/v3/metrics_service.proto';
 export const STREAM_METRICS_METHOD = '/envoy.service.metrics.v3.MetricsService/StreamMetrics';
 
@@ -49,19 +44,7 @@ let type: protobuf.Type | undefined;
 
 export function streamMetricsMessageType(): protobuf.Type {
   if (type) return type;
-  const root = new protobuf.Root();
-  root.resolvePath = (_origin, target) => {
-    for (const dir of METRICS_INCLUDE_DIRS) {
-      const candidate = join(dir, target);
-      try {
-        require.resolve(candidate);
-        return candidate;
-      } catch {
-        // not in this folder
-      }
-    }
-    return target;
-  };
+  const root = protoRoot();
   // google/protobuf/descriptor.proto, which the protos' options import, as @grpc/proto-loader adds it.
   protobuf.common('descriptor', (require('protobufjs/google/protobuf/descriptor.json') as { nested: { google: { nested: { protobuf: { nested: protobuf.INamespace['nested'] } } } } }).nested.google.nested.protobuf.nested ?? {});
   root.loadSync(METRICS_SERVICE_PROTO, { keepCase: true });
