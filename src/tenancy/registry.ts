@@ -14,10 +14,23 @@
  * A snapshot never owns a socket; a failed build leaves the registry as it was.
  */
 import { hash } from 'node:crypto';
-import { MeshgateError } from '../errors.js';
+import { ERROR_CODES, MeshgateError, type ErrorCode } from '../errors.js';
 
 /** Why a resource is closed; its owner tells the work still on it. */
 export type CloseReason = 'replaced' | 'removed' | 'shutdown';
+
+/** The code a stream still running on a resource is ended with, by why the resource closed. */
+const CLOSE_CODES: Readonly<Record<CloseReason, ErrorCode>> = {
+  removed: 'MG_ERR_TENANT_REMOVED',
+  replaced: 'MG_ERR_UPSTREAM_REPLACED',
+  shutdown: 'MG_ERR_SHUTTING_DOWN',
+};
+
+/** What such a stream is told (a grpc-message): the code, then its message. */
+export function closeMessage(reason: CloseReason): string {
+  const code = CLOSE_CODES[reason];
+  return `${code}: ${ERROR_CODES[code].message}`;
+}
 
 export interface Owned<T> {
   readonly value: T;

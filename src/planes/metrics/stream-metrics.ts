@@ -20,7 +20,7 @@ import { createH2Pool, type H2Pool } from '../../forward/h2-pool.js';
 import { createMessageReader } from '../../grpc/message-reader.js';
 import { grpcStatusHeaders, GRPC_STATUS, respondTrailersOnly } from '../../grpc/status.js';
 import type { H2Exchange } from '../../listener/exchange.js';
-import type { CloseReason, Lease } from '../../tenancy/registry.js';
+import { closeMessage, type CloseReason, type Lease } from '../../tenancy/registry.js';
 import type { TenantCore } from '../../tenancy/tenant.js';
 import type { RoutedContext } from '../plane.js';
 import { checkNodeClaim, clusterOfMetadata, type ProxyName } from './node-identity.js';
@@ -62,15 +62,9 @@ export interface MetricsCaller {
   readonly clusters: ReadonlySet<string>;
 }
 
-const CLOSE_CODES: Readonly<Record<CloseReason, ErrorCode>> = {
-  removed: 'MG_ERR_TENANT_REMOVED',
-  replaced: 'MG_ERR_UPSTREAM_REPLACED',
-  shutdown: 'MG_ERR_SHUTTING_DOWN',
-};
-
 const endAll = (streams: Set<End>, reason: CloseReason): void => {
-  const code = CLOSE_CODES[reason];
-  for (const end of [...streams]) end(GRPC_STATUS.UNAVAILABLE, `${code}: ${ERROR_CODES[code].message}`);
+  const message = closeMessage(reason);
+  for (const end of [...streams]) end(GRPC_STATUS.UNAVAILABLE, message);
   streams.clear();
 };
 

@@ -11,10 +11,10 @@
  */
 import { createAuthenticator, type Authenticator } from '../../auth/authenticate.js';
 import type { XdsUpstreamConfig } from '../../config/schema.js';
-import type { CloseReason, Lease } from '../../tenancy/registry.js';
+import { closeMessage, type Lease } from '../../tenancy/registry.js';
 import type { TenantCore } from '../../tenancy/tenant.js';
 import type { Identity } from '../../auth/identity.js';
-import { ERROR_CODES, MeshgateError, type ErrorCode } from '../../errors.js';
+import { MeshgateError } from '../../errors.js';
 import { forwardGrpc } from '../../forward/grpc.js';
 import { createH2Pool, type H2Pool, type H2PoolEvents } from '../../forward/h2-pool.js';
 import { GRPC_STATUS, isGrpcContentType } from '../../grpc/status.js';
@@ -47,12 +47,6 @@ interface XdsPool {
   readonly pool: H2Pool;
   readonly streams: Set<(code: number, message: string) => void>;
 }
-
-const CLOSE_CODES: Readonly<Record<CloseReason, ErrorCode>> = {
-  removed: 'MG_ERR_TENANT_REMOVED',
-  replaced: 'MG_ERR_UPSTREAM_REPLACED',
-  shutdown: 'MG_ERR_SHUTTING_DOWN',
-};
 
 export interface XdsState {
   readonly tenant: string;
@@ -108,7 +102,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
         close(reason) {
           for (const end of [...streams]) {
             open.delete(end);
-            end(GRPC_STATUS.UNAVAILABLE, `${CLOSE_CODES[reason]}: ${ERROR_CODES[CLOSE_CODES[reason]].message}`);
+            end(GRPC_STATUS.UNAVAILABLE, closeMessage(reason));
           }
           streams.clear();
           pool.close();
