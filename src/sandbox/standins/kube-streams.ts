@@ -12,7 +12,7 @@
 import type { IncomingMessage } from 'node:http';
 import { PassThrough, type Duplex } from 'node:stream';
 import type { RawData, WebSocket } from 'ws';
-import { createSpdyServerSession, type SpdyStream, type SpdyTransport } from '../spdy.js';
+import { createSpdyServerSession, type SpdyStream, type SpdyTransport } from '../../planes/kube/spdy.js';
 
 export type StreamKind = 'exec' | 'attach' | 'portforward';
 

@@ -3,7 +3,8 @@
  * behind `kubectl exec`, `attach` and `port-forward`), either on a raw socket after `101 Upgrade:
  * SPDY/3.1` or, since kubectl 1.31, inside the binary messages of a WebSocket whose subprotocol is
  * `SPDY/3.1+portforward.k8s.io`. The session only reads and writes bytes through a transport, so
- * both carriers drive it the same way.
+ * both carriers drive it the same way. The sandbox's stand-in API server serves exec, attach and
+ * port-forward with it, and the kube plane serves port-forwards to a tenant's istiod view with it.
  *
  * What it does: answers every client SYN_STREAM with an empty SYN_REPLY and hands the stream (a
  * Duplex) to `onStream`; carries data frames both ways with FIN; echoes PINGs; credits the client's
@@ -62,7 +63,7 @@ export class SpdyStream extends Duplex {
     private readonly sink: StreamSink,
   ) {
     super({ allowHalfOpen: true });
-    // A stand-in must not crash on a handler's late write; stream errors are never meaningful here.
+    // A handler's late write to a reset stream must not crash the process; the session reports nothing else.
     this.on('error', () => undefined);
   }
 
