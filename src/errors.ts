@@ -75,6 +75,8 @@ export const ERROR_CODES = {
   MG_ERR_AUTHZ_NODE_MISMATCH: spec(403, GRPC.PERMISSION_DENIED, "the node a metrics stream names is not the caller's"),
   MG_ERR_KUBE_FORBIDDEN: spec(403, GRPC.PERMISSION_DENIED, "the tenant's kube rules do not allow this request"),
   MG_ERR_KUBE_IDENTITY_RESERVED: spec(403, GRPC.PERMISSION_DENIED, 'a certificate may not claim a reserved Kubernetes user or group'),
+  MG_ERR_KUBE_VIEW_READ_ONLY: spec(405, GRPC.PERMISSION_DENIED, 'the control-plane view is read-only'),
+  MG_ERR_KUBE_VIEW_PORT: spec(403, GRPC.PERMISSION_DENIED, "a port-forward to the istiod view reaches istiod's monitoring (15014) and readiness (8080) ports only"),
 
   // Upstream: the tenant's backend.
   MG_ERR_UPSTREAM_UNAVAILABLE: spec(503, GRPC.UNAVAILABLE, 'upstream is unavailable'),

@@ -79,9 +79,9 @@ describe('meshgate sandbox', () => {
     expect(JSON.parse((await sh(commands[4] ?? '')).stdout)).toMatchObject({ code: 'MG_ERR_ROUTE_UNKNOWN_CLUSTER' });
   });
 
-  it('runs the printed kubectl commands: get, whoami, exec, a watch, and an isolation check', async () => {
-    expect(kubectlCommands).toHaveLength(5);
-    const [get, whoami, exec, watch, crossing] = kubectlCommands;
+  it('runs the printed kubectl commands: get, whoami, exec, a watch, an isolation check, and the control-plane view', async () => {
+    expect(kubectlCommands).toHaveLength(7);
+    const [get, whoami, exec, watch, crossing, view, forward] = kubectlCommands;
     expect((await sh(get ?? '')).stdout).toMatch(/^productpage-v1-\S+\s+/m);
     expect((await sh(whoami ?? '')).stdout).toMatch(/^Username\s+acme-mesh-client$/m);
     expect((await sh(exec ?? '')).stdout).toBe('hello from acme-east\n');
@@ -89,6 +89,9 @@ describe('meshgate sandbox', () => {
     expect((await sh(`timeout 3 ${watch ?? ''} -o name || true`)).stdout).toMatch(/^pod\/productpage-v1-/m);
     const refused = await sh(crossing ?? '').catch((err: unknown) => err as { stderr: string });
     expect(refused.stderr).toMatch(/^Error from server \(Forbidden\): MG_ERR_ROUTE_UNKNOWN_CLUSTER: /m);
+    expect((await sh(view ?? '')).stdout).toMatch(/^pod\/istiod-\S+\s+/m);
+    // The port-forward runs until stopped: that it forwards is enough here (test/kube-istiod-view.test.ts uses it).
+    expect((await sh(`timeout 3 ${forward ?? ''} || true`)).stdout).toMatch(/^Forwarding from 127\.0\.0\.1:\d+ -> 15014$/m);
   });
 
   it('runs the printed metrics command', async () => {

@@ -127,7 +127,10 @@ function serverFromConfig(path: string, tenantId: string, clusterId: string): { 
   const tenant = config.tenants.find((t) => t.id === tenantId);
   if (!tenant) throw new UsageError(`${path} has no tenant "${tenantId}"`);
   const cluster = tenant.clusters.find((c) => c.id === clusterId);
-  if (cluster?.apiServer === undefined) throw new UsageError(`tenant "${tenantId}" has no cluster "${clusterId}" with an apiServer`);
+  const view = tenant.controlPlaneView?.cluster === clusterId;
+  if (cluster?.apiServer === undefined && !view) {
+    throw new UsageError(`tenant "${tenantId}" has no cluster "${clusterId}" with an apiServer, and no control-plane view of that name`);
+  }
   const host = tenant.hosts.find((h) => !h.startsWith('*.'));
   if (host === undefined) throw new UsageError(`tenant "${tenantId}" has only wildcard hosts: name one with --server`);
   const listener = Object.values(config.listeners).find((l) => l.planes.includes('kube'));

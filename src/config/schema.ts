@@ -321,6 +321,31 @@ const metricsSettings = z
   })
   .refine((m) => m.collector !== undefined || m.expose !== undefined, 'set "collector", "expose", or both');
 
+/**
+ * The tenant's istiod as Kiali looks for it (docs/kiali.md): a read-only cluster of meshgate's own at
+ * `/clusters/<cluster>` on the kube plane, holding the objects Kiali discovers istiod by, whose
+ * istiod pod port-forwards to the tenant's istiod debug port through the debug plane.
+ */
+const controlPlaneView = z.strictObject({
+  /** The name Kiali knows this cluster by (its kubeconfig's); not one of the tenant's own clusters. */
+  cluster: clusterId,
+  namespace: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a namespace name: lower case letters, digits and "-"')
+    .max(63)
+    .default('istio-system'),
+  /** The `istio.io/rev` of istiod's objects; `default` names the `istio` ConfigMap without a suffix. */
+  revision: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a revision name: lower case letters, digits and "-"')
+    .max(63)
+    .default('default'),
+  /** istiod's CLUSTER_ID: the mesh cluster its config comes from. By default the tenant's first cluster. */
+  clusterId: clusterId.optional(),
+  /** The `mesh` of istiod's `istio` ConfigMap (MeshConfig YAML); by default a minimal one. */
+  meshConfig: file.optional(),
+});
+
 export const tenantSchema = z.strictObject({
   id: name,
   hosts: z.array(hostPattern).min(1),
@@ -332,6 +357,7 @@ export const tenantSchema = z.strictObject({
   xds: xdsSettings.default({ authentication: ['token'], audiences: ['istio-ca'] }),
   kube: kubeSettings.default({ authentication: ['token'], requestTimeout: 60_000 }),
   metrics: metricsSettings.optional(),
+  controlPlaneView: controlPlaneView.optional(),
   limits: limits.default({ connections: 10_000, streams: 20_000, unauthenticatedConnections: 256, authenticationTimeout: 10_000, requestRate: {} }),
   access: z
     .strictObject({
@@ -494,6 +520,7 @@ export type KubeAccessRule = z.output<typeof kubeAccessRule>;
 export type KubePolicyRule = z.output<typeof kubePolicyRule>;
 export type KubeSettings = z.output<typeof kubeSettings>;
 export type ApiServerConfig = z.output<typeof apiServer>;
+export type ControlPlaneViewConfig = z.output<typeof controlPlaneView>;
 export type TokenReviewConfig = z.output<typeof tokenReview>;
 export type WebhookSettings = z.output<typeof webhookSettings>;
 export type DebugSettings = z.output<typeof debugSettings>;
@@ -587,9 +614,25 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
     if (t.kube.authentication.includes('clientCertificate') && t.tls.clientCA === undefined && kubeClusters.length > 0) {
       report(at('tls', 'clientCA'), 'kube authentication includes "clientCertificate", so a client CA is required');
     }
+    const view = t.controlPlaneView;
+    if (view !== undefined) {
+      if (clusterIds.has(view.cluster)) {
+        report(at('controlPlaneView', 'cluster'), `"${view.cluster}" is a cluster of this tenant; the view needs a name of its own`);
+      }
+      if (view.clusterId !== undefined && !clusterIds.has(view.clusterId)) {
+        report(at('controlPlaneView', 'clusterId'), `"${view.clusterId}" is not a cluster of this tenant`);
+      }
+      // Kiali's requests through a port-forward carry no credential: istiod sees meshgate's.
+      if (t.istiod.debug?.token === undefined) {
+        report(at('istiod', 'debug', 'token'), 'the control-plane view reaches istiod through the debug plane with meshgate\'s own istiod token: set istiod.debug.token');
+      }
+      if (t.access.kube === undefined || t.access.debug === undefined) {
+        report(at('access'), 'the control-plane view is read under access.kube rules and port-forwarded under access.debug rules: set both');
+      }
+    }
     for (const plane of PLANES) {
       t.access[plane]?.forEach((rule, r) => {
-        if (rule.cluster !== undefined && !clusterIds.has(rule.cluster)) {
+        if (rule.cluster !== undefined && !clusterIds.has(rule.cluster) && !(plane === 'kube' && rule.cluster === view?.cluster)) {
           report(at('access', plane, r, 'cluster'), `"${rule.cluster}" is not a cluster of this tenant`);
         }
       });

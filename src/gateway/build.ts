@@ -105,6 +105,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       onRequest: (tenant, cluster, verb, code) => metrics.kubeRequests.inc({ tenant, cluster, verb, code }),
       onWatch: (tenant, cluster, delta) => metrics.kubeWatches.inc({ tenant, cluster }, delta),
       onTunnel: (tenant, cluster, protocol, delta) => metrics.kubeTunnels.inc({ tenant, cluster, protocol }, delta),
+      onViewForward: (tenant, port, endpoint, status) => metrics.kubeViewForwards.inc({ tenant, port: String(port), endpoint, code: String(status) }),
       onUpstreamLatency: (tenant, cluster, seconds) => metrics.kubeUpstreamLatency.observe({ tenant, cluster }, seconds),
       // Watches and tunnels can last hours: their start is recorded when it happens, their end by the access log.
       onLongRunning: ({ requestId, tenant, cluster, identity, request }) =>

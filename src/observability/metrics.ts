@@ -229,6 +229,12 @@ export function createMetrics() {
       labelNames: ['tenant', 'cluster', 'protocol'] as const,
       registers,
     }),
+    kubeViewForwards: new Counter({
+      name: 'meshgate_kube_view_forwards_total',
+      help: "Requests carried through port-forwards to a control-plane view's istiod, by tenant, port, endpoint and status (0: a port that is not forwarded).",
+      labelNames: ['tenant', 'port', 'endpoint', 'code'] as const,
+      registers,
+    }),
     kubeUpstreamLatency: new Histogram({
       name: 'meshgate_kube_upstream_latency_seconds',
       help: 'Time from forwarding a kube request to the API server\'s response head.',

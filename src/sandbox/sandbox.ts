@@ -57,6 +57,8 @@ const PLAN: readonly TenantPlan[] = [
 ];
 
 /** A cluster whose keys meshgate never sees has an issuer of its own, as managed clusters do. */
+/** The name of a tenant's control-plane view. */
+const viewOf = (tenant: string): string => `${tenant}-istiod`;
 const issuerOf = (cluster: ClusterPlan): string => (cluster.tokens === 'tokenReview' ? `https://oidc.${cluster.id}.${SANDBOX_DOMAIN}` : SANDBOX_ISSUER);
 /** meshgate's own service account on the clusters that take its token. */
 const MESHGATE_SERVICE_ACCOUNT = { namespace: 'meshgate-system', serviceAccount: 'meshgate' };
@@ -91,6 +93,8 @@ export interface SandboxTenantInfo {
   readonly kubeconfigs: Readonly<Record<string, string>>;
   /** Per cluster, the stand-in kube-apiserver's own URL (not through meshgate). */
   readonly kubeApiServers: Readonly<Record<string, string>>;
+  /** The tenant's control-plane view (docs/kiali.md): its cluster name, and a kubeconfig for it with the tenant's certificate. */
+  readonly controlPlaneView: { readonly cluster: string; readonly kubeconfig: string };
 }
 
 export interface SandboxInfo {
@@ -213,6 +217,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         xds: { url: xdsIstiod.url, ca: tls.istiodCa, serverName: `istiod.${tenant.id}-cp.svc`, token: { file: ownDebugToken, cluster: first.id } },
       },
       clusters: await Promise.all(tenant.clusters.map((c) => clusterConfig(c, dir, pki, issuers, kubeApiServers))),
+      // The tenant's istiod as Kiali finds it: a cluster of meshgate's own (docs/kiali.md).
+      controlPlaneView: { cluster: viewOf(tenant.id) },
       webhook: {
         authentication: tenant.webhookAuth,
         audiences: [WEBHOOK_AUDIENCE],
@@ -318,6 +324,22 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         }),
       ),
       kubeApiServers: Object.fromEntries(tenant.clusters.map((c) => [c.id, kubeApiServers.get(c.id)?.url ?? ''])),
+      controlPlaneView: {
+        cluster: viewOf(tenant.id),
+        kubeconfig: writeFile(
+          join(dir, 'kubeconfigs', `${tenant.id}-${viewOf(tenant.id)}.yaml`),
+          kubeconfig({
+            tenant: tenant.id,
+            cluster: viewOf(tenant.id),
+            host: hostOf(tenant.id),
+            port: listeners.api.port,
+            connectTo: '127.0.0.1',
+            ca: readFileSync(pki.ca, 'utf8'),
+            clientCert: { cert: readFileSync(tls.client.cert, 'utf8'), key: readFileSync(tls.client.key, 'utf8') },
+          }),
+          true,
+        ),
+      },
     };
   }
 

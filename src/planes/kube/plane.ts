@@ -22,7 +22,8 @@ import type { Exchange } from '../../listener/exchange.js';
 import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
 import { isLongRunning, parseKubeRequest, type KubeRequest } from '../../policy/kube-request.js';
 import { createKubeDecision, type KubeDecision } from '../../policy/kube-rules.js';
-import type { Plane } from '../plane.js';
+import type { Plane, RoutedContext } from '../plane.js';
+import { buildControlPlaneView, handleViewRequest, viewActor, type ControlPlaneView } from './istiod-view/view.js';
 import { renderKubeError } from './status.js';
 import { takeWebSocketBearer } from './websocket-bearer.js';
 
@@ -52,6 +53,8 @@ export interface KubeState {
   readonly authenticate: Authenticator;
   readonly sameTenant: Authorizer;
   readonly decide: KubeDecision;
+  /** The tenant's istiod as Kiali finds it (docs/kiali.md), when configured. */
+  readonly view?: ControlPlaneView | undefined;
 }
 
 export interface KubePlaneHooks {
@@ -61,6 +64,8 @@ export interface KubePlaneHooks {
   readonly onUpstreamLatency?: (tenant: string, cluster: string, seconds: number) => void;
   /** A watch, exec, attach or port-forward is about to be forwarded: the audit record of its start (its end is the access log). */
   readonly onLongRunning?: (event: LongRunningStart) => void;
+  /** A request forwarded through a port-forward to a control-plane view's istiod: port, endpoint, status (0: refused port). */
+  readonly onViewForward?: (tenant: string, port: number, endpoint: string, status: number) => void;
 }
 
 export interface LongRunningStart {
@@ -132,9 +137,12 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
                 : { kind: 'certificate' },
         });
       }
-      if (clusters.size === 0) return undefined;
+      const viewConfig = tenant.config.controlPlaneView;
+      const view = viewConfig && buildControlPlaneView(tenant, viewConfig, createAuthorizer(tenant.id, tenant.config.access.debug, 'debug'));
+      if (clusters.size === 0 && !view) return undefined;
       const settings = tenant.config.kube;
       return {
+        view,
         settings,
         clusters,
         authenticate: createAuthenticator({
@@ -152,6 +160,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
     async handle(context, state) {
       const { exchange, target } = context;
       const route = clusterRoute(target.path);
+      if (state?.view?.cluster === route.cluster) return handleView(context, state, state.view, route.path, hooks);
       const cluster = state?.clusters.get(route.cluster);
       // The same answer whether the cluster is another tenant's, unknown, or has no API server.
       if (!state || !cluster) throw new MeshgateError('MG_ERR_ROUTE_UNKNOWN_CLUSTER', { detail: `cluster ${route.cluster}` });
@@ -236,6 +245,34 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
       }
     },
   };
+}
+
+/** A request to the tenant's control-plane view: authenticated and rate-counted as any kube request, answered by meshgate. */
+async function handleView(context: RoutedContext, state: KubeState, view: ControlPlaneView, path: string, hooks: KubePlaneHooks): Promise<void> {
+  const { exchange, target } = context;
+  const tenant = context.tenant.id;
+  let request: KubeRequest | undefined;
+  let code = '';
+  try {
+    refuseUnsupportedUpgrade(exchange);
+    const bearer = takeWebSocketBearer(exchange.headers);
+    const authenticated = await state.authenticate({ socket: exchange.socket, authorization: bearer ?? exchange.headers.authorization });
+    context.admit(authenticated);
+    const actor = viewActor(authenticated);
+    state.sameTenant(actor);
+    request = parseKubeRequest(exchange.method, path, target.query);
+    await handleViewRequest(context, view, actor, request, state.decide, {
+      onTunnel: (protocol, delta) => hooks.onTunnel?.(tenant, view.cluster, protocol, delta),
+      onForward: (port, endpoint, status) => hooks.onViewForward?.(tenant, port, endpoint, status),
+    });
+    code = String(context.upstreamStatus ?? exchange.status ?? 0);
+  } catch (err) {
+    code = err instanceof MeshgateError ? String(err.status) : '500';
+    throw err;
+  } finally {
+    const verb = request?.verb ?? '';
+    hooks.onRequest?.(tenant, view.cluster, VERBS.has(verb) ? verb : request?.resourceRequest === false ? 'nonresource' : 'other', code || '0');
+  }
 }
 
 /** `/clusters/acme-east/api/v1/pods` → acme-east and `/api/v1/pods`. The path is already canonical. */
