@@ -340,7 +340,7 @@ const controlPlaneView = z.strictObject({
     .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a revision name: lower case letters, digits and "-"')
     .max(63)
     .default('default'),
-  /** istiod's CLUSTER_ID: the mesh cluster its config comes from. By default the tenant's first cluster. */
+  /** istiod's CLUSTER_ID, as istiod runs with it (the cluster its config comes from). By default the tenant's first cluster. */
   clusterId: clusterId.optional(),
   /** The `mesh` of istiod's `istio` ConfigMap (MeshConfig YAML); by default a minimal one. */
   meshConfig: file.optional(),
@@ -618,9 +618,6 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
     if (view !== undefined) {
       if (clusterIds.has(view.cluster)) {
         report(at('controlPlaneView', 'cluster'), `"${view.cluster}" is a cluster of this tenant; the view needs a name of its own`);
-      }
-      if (view.clusterId !== undefined && !clusterIds.has(view.clusterId)) {
-        report(at('controlPlaneView', 'clusterId'), `"${view.clusterId}" is not a cluster of this tenant`);
       }
       // Kiali's requests through a port-forward carry no credential: istiod sees meshgate's.
       if (t.istiod.debug?.token === undefined) {

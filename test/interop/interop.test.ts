@@ -3,13 +3,16 @@
  * provider's external control plane depends on, each proved with the real programs, and the
  * tenants kept apart, as the API servers' audit logs and istiod's own logs tell it.
  */
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parse, stringify } from 'yaml';
+import { kubeconfig } from '../../src/cli/kubeconfig.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { writeFile } from '../../src/sandbox/pki.js';
 import { createKubernetesSource } from '../../src/tenancy/kubernetes-source.js';
@@ -17,7 +20,7 @@ import { TENANT_LABEL } from '../../src/tenancy/mesh-tenant.js';
 import { toMeshTenant } from '../helpers/mesh-tenants.js';
 import { istioctl, startAgent, startEcho, type Agent } from './harness/istio.js';
 import { binary, hasBinary, stopAll } from './harness/processes.js';
-import { startTopology, TENANTS, type Topology } from './harness/topology.js';
+import { CONFIG_CLUSTER_ID, startTopology, TENANTS, type Topology } from './harness/topology.js';
 
 let topology: Topology;
 beforeAll(async () => {
@@ -28,6 +31,9 @@ beforeAll(async () => {
 });
 // Everything started, even by a topology that failed half-way.
 afterAll(stopAll);
+
+/** The real kubectl (interop/build.sh's) with a kubeconfig of the test's own. */
+const runKubectl = (config: string, args: readonly string[]) => promisify(execFile)(binary('kubectl'), ['--kubeconfig', config, ...args], { timeout: 30_000 });
 
 const cluster = (id: string) => {
   const found = topology.clusters.get(id);
@@ -263,6 +269,90 @@ describe('istio-agent (proxyless) through meshgate', () => {
       expect(existsSync(join(agent.certDir, 'cert-chain.pem'))).toBe(false);
       await agent.program.stop();
     }
+  });
+});
+
+describe("Kiali's view of istiod: the control-plane view, port-forwarded to the real istiod's debug port", () => {
+  /** A kubeconfig for `tenant`'s view with a real service-account token of `kiali/kiali` from its first cluster. */
+  async function viewKubeconfig(tenant: string): Promise<string> {
+    const spec = topology.tenant(tenant);
+    const home = cluster(spec.clusters[0]!);
+    await home.apply([
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kiali' } },
+      { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'kiali', namespace: 'kiali' } },
+    ]);
+    // The TokenRequest API's default audience is the API server's own: what the view accepts.
+    const token = (await home.kubectl(['create', 'token', 'kiali', '-n', 'kiali'])).trim();
+    const text = kubeconfig({ tenant, cluster: `${tenant}-istiod`, host: spec.host, port: topology.meshgate.ports.api, ca: topology.meshgate.providerCa.cert, token });
+    return writeFile(join(mkdtempSync(join(tmpdir(), `kiali-${tenant}-`)), 'kubeconfig'), text, true);
+  }
+
+  /** The real kubectl's port-forward to the view's istiod pod; its local ports in order, and a stop. */
+  function portForward(config: string, pod: string, ports: readonly number[], env: Record<string, string>) {
+    return new Promise<{ local: number[]; stop: () => void }>((resolve, reject) => {
+      const child = spawn(binary('kubectl'), ['--kubeconfig', config, 'port-forward', '-n', 'istio-system', pod, ...ports.map((p) => `:${p}`)], {
+        env: { ...process.env, ...env },
+      });
+      let output = '';
+      const timer = setTimeout(() => {
+        child.kill();
+        reject(new Error(`kubectl port-forward did not start:\n${output}`));
+      }, 30_000);
+      const onData = (chunk: Buffer): void => {
+        output += chunk.toString();
+        const local = [...output.matchAll(/Forwarding from 127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]));
+        if (local.length === ports.length) {
+          clearTimeout(timer);
+          resolve({ local, stop: () => child.kill() });
+        }
+      };
+      child.stdout.on('data', onData);
+      child.stderr.on('data', onData);
+    });
+  }
+
+  it.each(TENANTS.map((t) => [t.id] as const))("%s: Kiali's token finds its istiod, and a SPDY and a WebSocket port-forward read the real syncz, version and ready", async (tenant) => {
+    const spec = topology.tenant(tenant);
+    const config = await viewKubeconfig(tenant);
+    const run = async (args: readonly string[]): Promise<string> => (await runKubectl(config, args)).stdout.trim();
+    expect(await run(['get', 'deployments', '-A', '-l', 'app=istiod', '-o', 'jsonpath={.items[0].spec.template.spec.containers[0].env[0]}'])).toBe(
+      // istiod's own CLUSTER_ID: the provider's config cluster, which the mesh clusters' istio namespaces name.
+      JSON.stringify({ name: 'CLUSTER_ID', value: CONFIG_CLUSTER_ID }),
+    );
+    const pod = await run(['get', 'pods', '-n', 'istio-system', '-l', 'app=istiod,istio.io/rev=default', '-o', 'name']);
+    expect(pod).toMatch(/^pod\/istiod-/);
+
+    const transports: Record<string, string>[] = [{ KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false' }, {}];
+    for (const env of transports) {
+      const forward = await portForward(config, pod, [15014, 8080], env);
+      try {
+        const [debug, ready] = forward.local;
+        // The real istiod's own answers: its proxies (this tenant's only), its version, and ready.
+        const syncz = (await (await fetch(`http://127.0.0.1:${debug}/debug/syncz`)).json()) as { proxy?: string; cluster_id?: string }[];
+        expect(syncz.some((p) => p.proxy === `${spec.clusters[0]}-0.echo`)).toBe(true);
+        for (const foreign of TENANTS.filter((t) => t.id !== tenant).flatMap((t) => t.clusters)) expect(syncz.some((p) => p.cluster_id === foreign)).toBe(false);
+        const version = await fetch(`http://127.0.0.1:${debug}/version`);
+        expect(version.status).toBe(200);
+        expect(await version.text()).toMatch(/\d+\.\d+/);
+        expect((await fetch(`http://127.0.0.1:${ready}/ready`)).status).toBe(200);
+        expect((await fetch(`http://127.0.0.1:${debug}/debug/force_disconnect`)).status).toBe(403);
+      } finally {
+        forward.stop();
+      }
+    }
+    const metrics = await topology.meshgate.metrics();
+    expect(metrics).toMatch(new RegExp(`^meshgate_kube_view_forwards_total\\{tenant="${tenant}",port="15014",endpoint="/debug/syncz",code="200"\\} [1-9]`, 'm'));
+  });
+
+  it("refuses one tenant's Kiali token on the other tenant's view", async () => {
+    const config = await viewKubeconfig('acme');
+    const crossed = readFileSync(config, 'utf8').replaceAll('acme-istiod', 'globex-istiod').replaceAll(topology.tenant('acme').host, topology.tenant('globex').host);
+    const file = writeFile(join(mkdtempSync(join(tmpdir(), 'kiali-crossed-')), 'kubeconfig'), crossed, true);
+    const refused = await runKubectl(file, ['get', 'pods', '-n', 'istio-system']).then(
+      () => '',
+      (err: unknown) => (err as { stderr: string }).stderr,
+    );
+    expect(refused).toMatch(/Unauthorized|MG_ERR_AUTHN/);
   });
 });
 

@@ -43,6 +43,8 @@ export interface MeshgateTenant {
   /** meshgate's own istiod credential for certificate callers (istioctl --cert-dir): a token of this cluster. */
   readonly xdsTokenFile: string;
   readonly xdsTokenCluster: string;
+  /** istiod's own CLUSTER_ID, which the control-plane view shows Kiali. */
+  readonly istiodClusterId: string;
 }
 
 export interface TenantCredentials {
@@ -122,7 +124,8 @@ export async function startMeshgate(
         },
         istiod: {
           webhook: { url: `https://127.0.0.1:${istiod.webhook}`, ca: istiod.rootCertFile, serverName: istiod.serverName },
-          debug: { url: `http://127.0.0.1:${istiod.monitoring}` },
+          // The control-plane view's port-forwards carry no credential: istiod sees this token.
+          debug: { url: `http://127.0.0.1:${istiod.monitoring}`, token: { file: tenant.xdsTokenFile, cluster: tenant.xdsTokenCluster } },
           xds: {
             url: `https://127.0.0.1:${istiod.xds}`,
             ca: istiod.rootCertFile,
@@ -136,6 +139,8 @@ export async function startMeshgate(
           jwks: { file: jwksFiles.get(cluster.id) },
           apiServer: { url: cluster.url, ca: cluster.caFile, credentials: 'passthrough' },
         })),
+        // The tenant's istiod as Kiali finds it (docs/kiali.md).
+        controlPlaneView: { cluster: `${tenant.id}-istiod`, clusterId: tenant.istiodClusterId },
         webhook:
           tenant.webhookAuth === 'pathKey'
             ? { authentication: ['pathKey'], pathKeyFile: file(`${tenant.id}-path-key`, credentials.pathKey, true) }
@@ -148,7 +153,11 @@ export async function startMeshgate(
             ? { webhook: [{ method: 'clientCertificate', uri: `spiffe://${tenant.host}/ns/kube-system/sa/kube-apiserver` }] }
             : {}),
           xds: [{ method: 'token' }, { method: 'clientCertificate', subject: `${tenant.id}-operator` }],
-          kube: [{ subject: `system:serviceaccount:${tenant.namespace}:istiod`, profiles: ['istiod'] }],
+          kube: [
+            { subject: `system:serviceaccount:${tenant.namespace}:istiod`, profiles: ['istiod'] },
+            { subject: 'system:serviceaccount:kiali:kiali', profiles: ['kiali-readonly'] },
+          ],
+          debug: [{ subject: 'system:serviceaccount:kiali:kiali' }],
         },
       };
     }),

@@ -140,6 +140,7 @@ export async function startTopology(): Promise<Topology> {
         istiod: { xds: p.xds, webhook: p.webhook, monitoring: p.monitoring, rootCertFile: rootCertFile(tenant.id), serverName: istiodServerName(tenant.namespace) },
         xdsTokenFile: xdsTokenFiles.get(tenant.id)!,
         xdsTokenCluster: tenant.clusters[0]!,
+        istiodClusterId: CONFIG_CLUSTER_ID,
       };
     }),
     pki,
