@@ -8,7 +8,9 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -237,6 +239,55 @@ describe('port-forwarding to istiod', () => {
       expect(metrics).toMatch(/^meshgate_kube_tunnels\{tenant="acme",cluster="acme-istiod",protocol="(spdy|websocket)"\} 1$/m);
     } finally {
       child.kill();
+    }
+  });
+
+  it("shows a pod per istiod replica, and forwards each pod's port to its own replica", async () => {
+    // A second replica's debug port: answers syncz with its own proxy, and records who asked.
+    const asked: { url: string; authorization: string | undefined }[] = [];
+    const replica = createHttpServer((req, res) => {
+      asked.push({ url: req.url ?? '', authorization: req.headers.authorization });
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify([{ proxy: 'reviews-v2-0.bookinfo', cluster_id: 'acme-east' }]));
+    });
+    await new Promise<void>((resolve) => replica.listen(0, '127.0.0.1', resolve));
+    const address = replica.address() as AddressInfo;
+    const gateway = await startGatewayFrom(sandbox, (config) => {
+      for (const tenant of config.tenants as Record<string, any>[]) {
+        if (tenant.id === 'acme') tenant.istiod.debug.replicas = [acme().istiod.debug, `http://127.0.0.1:${address.port}`];
+      }
+    });
+    try {
+      const config = viewKubeconfig({ token: await kialiToken(), port: gateway.port('api') });
+      const pods = (await kubectl(config, ['get', 'pods', '-n', 'istio-system', '-l', 'app=istiod', '-o', 'name'])).stdout.trim().split('\n');
+      expect(pods).toHaveLength(2);
+      const deployment = JSON.parse((await kubectl(config, ['get', 'deployment', 'istiod', '-n', 'istio-system', '-o', 'json'])).stdout) as { spec: { replicas: number } };
+      expect(deployment.spec.replicas).toBe(2);
+      const proxiesOf = async (pod: string): Promise<string[]> => {
+        const forward = await new Promise<{ local: number; child: ChildProcess }>((resolve, reject) => {
+          const child = spawn(KUBECTL, ['--kubeconfig', config, 'port-forward', '-n', 'istio-system', pod, ':15014'], { env: { ...process.env, KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false' } });
+          let output = '';
+          child.stdout.on('data', (c: Buffer) => {
+            output += c.toString();
+            const match = /127\.0\.0\.1:(\d+)/.exec(output);
+            if (match) resolve({ local: Number(match[1]), child });
+          });
+          child.on('exit', () => reject(new Error(output)));
+        });
+        try {
+          const body = (await (await fetch(`http://127.0.0.1:${forward.local}/debug/syncz`)).json()) as { proxy: string }[] | { proxies: { proxy: string }[] };
+          return (Array.isArray(body) ? body : body.proxies).map((p) => p.proxy);
+        } finally {
+          forward.child.kill();
+        }
+      };
+      // Kiali asks every Running pod and merges: between them, every replica's proxies.
+      expect(await proxiesOf(pods[0] ?? '')).toContain('productpage-v1-0.bookinfo');
+      expect(await proxiesOf(pods[1] ?? '')).toEqual(['reviews-v2-0.bookinfo']);
+      const own = readFileSync(join(sandbox.info.dir, 'tokens', 'acme-meshgate-istiod.jwt'), 'utf8').trim();
+      expect(asked).toEqual([{ url: '/debug/syncz', authorization: `Bearer ${own}` }]);
+    } finally {
+      await gateway.close();
+      replica.close();
     }
   });
 

@@ -78,7 +78,17 @@ const upstream = z.strictObject({
 /** meshgate's own istiod token, sent for callers that authenticated with a client certificate. */
 const ownToken = z.strictObject({ file, cluster: clusterId });
 
-const debugUpstream = upstream.extend({ token: ownToken.optional() });
+const debugUpstream = upstream.extend({
+  token: ownToken.optional(),
+  /**
+   * Each istiod replica's own debug port, for the control-plane view: one pod per replica, so that
+   * Kiali asks every replica for its proxies. The debug plane's own requests go to `url`.
+   */
+  replicas: z
+    .array(z.url({ protocol: /^https?$/ }))
+    .min(1)
+    .optional(),
+});
 
 const xdsUrl = z.url({ protocol: /^https$/ });
 
@@ -639,6 +649,7 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
       const targets: [PropertyKey[], string | undefined][] = [
         [['webhook', 'url'], t.istiod.webhook?.url],
         [['debug', 'url'], t.istiod.debug?.url],
+        ...(t.istiod.debug?.replicas ?? []).map((url, r): [PropertyKey[], string] => [['debug', 'replicas', r], url]),
         [['xds', 'url'], t.istiod.xds?.url],
         ...(t.istiod.xds?.replicas ?? []).map((url, r): [PropertyKey[], string] => [['xds', 'replicas', r], url]),
       ];

@@ -98,7 +98,7 @@ export interface ViewContents {
   readonly namespace: string;
   /** Objects by `<groupVersion>/<plural>`. */
   readonly objects: ReadonlyMap<string, readonly ViewObject[]>;
-  /** The istiod pods' names, which port-forwards may name. */
+  /** The istiod pods' names, which port-forwards may name: the i-th is istiod's i-th replica. */
   readonly pods: readonly string[];
 }
 
@@ -111,6 +111,8 @@ export interface ViewInputs {
   readonly clusterId: string;
   /** The `mesh` of the istio ConfigMap, when the config names a file. */
   readonly meshConfig: string | undefined;
+  /** istiod's replicas: a pod each. */
+  readonly replicas: number;
 }
 
 export function resourceKey(groupVersion: string, plural: string): string {
@@ -130,7 +132,8 @@ export function buildViewContents(inputs: ViewInputs): ViewContents {
   const suffix = revision === 'default' ? '' : `-${revision}`;
   const name = `istiod${suffix}`;
   const hash = digest.toString('hex').slice(0, 10);
-  const podName = `${name}-${hash.slice(0, 8)}-${hash.slice(8, 10)}mg0`;
+  // As a ReplicaSet names its pods: the Deployment, the template hash, and five characters each.
+  const podNames = Array.from({ length: inputs.replicas }, (_, i) => `${name}-${hash.slice(0, 8)}-${hash.slice(8, 10)}mg${i}`);
   const labels = { app: 'istiod', 'istio.io/rev': revision, istio: 'pilot', 'app.kubernetes.io/managed-by': 'meshgate' };
   const uid = (kind: string, objectName: string): string => {
     const h = createHash('sha256').update(`${tenant}/${config.cluster}/${kind}/${namespace}/${objectName}`).digest('hex');
@@ -168,13 +171,13 @@ export function buildViewContents(inputs: ViewInputs): ViewContents {
     kind: 'Deployment',
     metadata: meta('Deployment', name, { labels, generation: 1 }),
     spec: {
-      replicas: 1,
+      replicas: inputs.replicas,
       selector: { matchLabels: { app: 'istiod', 'istio.io/rev': revision } },
       template: { metadata: { labels }, spec: { containers: [container] } },
     },
-    status: { observedGeneration: 1, replicas: 1, readyReplicas: 1, availableReplicas: 1, updatedReplicas: 1 },
+    status: { observedGeneration: 1, replicas: inputs.replicas, readyReplicas: inputs.replicas, availableReplicas: inputs.replicas, updatedReplicas: inputs.replicas },
   };
-  const pod: ViewObject = {
+  const pods = podNames.map((podName): ViewObject => ({
     apiVersion: 'v1',
     kind: 'Pod',
     metadata: meta('Pod', podName, {
@@ -187,7 +190,7 @@ export function buildViewContents(inputs: ViewInputs): ViewContents {
       conditions: [{ type: 'Ready', status: 'True' }],
       containerStatuses: [{ name: 'discovery', ready: true, restartCount: 0, image: container.image, started: true }],
     },
-  };
+  }));
   const service: ViewObject = {
     apiVersion: 'v1',
     kind: 'Service',
@@ -221,12 +224,12 @@ export function buildViewContents(inputs: ViewInputs): ViewContents {
 
   const objects = new Map<string, readonly ViewObject[]>([
     [resourceKey('v1', 'namespaces'), [namespaceObject]],
-    [resourceKey('v1', 'pods'), [pod]],
+    [resourceKey('v1', 'pods'), pods],
     [resourceKey('v1', 'services'), [service]],
     [resourceKey('v1', 'configmaps'), [meshConfigMap]],
     [resourceKey('apps/v1', 'deployments'), [deployment]],
   ]);
-  return { resourceVersion, namespace, objects, pods: [podName] };
+  return { resourceVersion, namespace, objects, pods: podNames };
 }
 
 /** Discovery documents for the view: `/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]`; undefined for anything else. */

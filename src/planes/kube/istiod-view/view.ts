@@ -27,7 +27,8 @@ export interface ControlPlaneView {
   readonly contents: ViewContents;
   /** The watches running on this view, ended cleanly when a reload changes it. */
   readonly watches: Lease<Set<() => void>>;
-  readonly upstream: Lease<HttpUpstream>;
+  /** istiod's debug port: one per replica (`istiod.debug.replicas`), or `istiod.debug.url`; the i-th pod's is the i-th. */
+  readonly upstreams: readonly Lease<HttpUpstream>[];
   readonly endpoints: ReadonlySet<string>;
   readonly token: { readonly token: string; readonly cluster: string };
   readonly timeoutMs: number;
@@ -49,6 +50,7 @@ export function buildControlPlaneView(tenant: TenantCore, config: ControlPlaneVi
     config,
     clusterId: config.clusterId ?? tenant.config.clusters[0]?.id ?? '',
     meshConfig: config.meshConfig === undefined ? undefined : tenant.files.text(config.meshConfig),
+    replicas: debug.replicas?.length ?? 1,
   });
   const watches = tenant.resources.use(`kube/view/${config.cluster}`, { resourceVersion: contents.resourceVersion }, () => {
     const running = new Set<() => void>();
@@ -63,7 +65,9 @@ export function buildControlPlaneView(tenant: TenantCore, config: ControlPlaneVi
     cluster: config.cluster,
     contents,
     watches,
-    upstream: leaseHttpUpstream(tenant, 'debug/upstream', debug),
+    upstreams: debug.replicas
+      ? debug.replicas.map((url) => leaseHttpUpstream(tenant, `debug/replica/${url}`, { url, ca: debug.ca, serverName: debug.serverName }))
+      : [leaseHttpUpstream(tenant, 'debug/upstream', debug)],
     endpoints: new Set(tenant.config.debug.endpoints ?? DEFAULT_DEBUG_ENDPOINTS),
     token: { token: tenant.files.text(debug.token.file).trim(), cluster: debug.token.cluster },
     timeoutMs: tenant.config.debug.timeout,
@@ -95,7 +99,7 @@ export async function handleViewRequest(
 ): Promise<void> {
   const { exchange } = context;
   const releaseWatches = view.watches.hold();
-  const releaseUpstream = view.upstream.hold();
+  const releaseUpstreams = view.upstreams.map((upstream) => upstream.hold());
   try {
     if (request.resourceRequest && request.resource === 'pods' && request.subresource === 'portforward') {
       if (exchange.protocol !== 'upgrade') {
@@ -103,8 +107,10 @@ export async function handleViewRequest(
       }
       context.rule = authorizePortForward(view, actor, request, decide);
       const protocol = exchange.upgrade.toLowerCase() === 'websocket' ? 'websocket' : 'spdy';
+      const upstream = view.upstreams[view.contents.pods.indexOf(request.name)] ?? view.upstreams[0];
+      if (!upstream) throw new MeshgateError('MG_ERR_INTERNAL', { detail: 'a view with no upstream' });
       const result = await servePortForward(exchange, {
-        upstream: view.upstream.value,
+        upstream: upstream.value,
         endpoints: view.endpoints,
         token: view.token,
         timeoutMs: view.timeoutMs,
@@ -138,7 +144,7 @@ export async function handleViewRequest(
       },
     });
   } finally {
-    releaseUpstream();
+    for (const release of releaseUpstreams) release();
     releaseWatches();
   }
 }
