@@ -158,6 +158,33 @@ describe('istio.io/debug/syncz across every replica', () => {
     expect(await metric(gateway, 'meshgate_xds_debug_fanout_replicas_missing_total')).toContain('meshgate_xds_debug_fanout_replicas_missing_total{tenant="acme"} 1');
   });
 
+  it('merges istioctl x internal-debug syncz (istio.io/debug, syncz) too: every proxy once, each with its replica, a hung one MISSING', async () => {
+    const { replicas, xds } = await startReplicas('istiod-acme', 3);
+    const gateway = await gatewayTo(xds, { timeoutMs: 300 });
+    const c = client(gateway.port('xds'));
+    const sidecars = ['sidecar~a', 'sidecar~b', 'sidecar~c', 'sidecar~d'];
+    await connectSidecars(c, sidecars);
+    const [first, second, third] = replicas;
+    if (!first || !second || !third) throw new Error('three replicas');
+    second.alsoLists.push([...first.connected][0] ?? '');
+    third.hang = true;
+
+    const outcome = await istioctl(c, { node: { id: 'istioctl' }, type_url: 'istio.io/debug', resource_names: ['syncz'] });
+    expect(outcome.response?.type_url).toBe('istio.io/debug');
+    const [any] = outcome.response?.resources ?? [];
+    expect(any?.type_url).toBe('istio.io/debug');
+    const listed = JSON.parse(Buffer.from(any?.value ?? []).toString('utf8')) as { proxy?: string; istiod: string; cluster_id?: string; error?: string }[];
+    const answered = [...first.connected, ...second.connected];
+    expect(listed.filter((e) => e.proxy !== undefined).map((e) => e.proxy).sort()).toEqual(answered.sort());
+    for (const entry of listed.filter((e) => e.proxy !== undefined)) {
+      expect(entry.istiod, entry.proxy).toBe(replicas.find((r) => r.connected.has(entry.proxy ?? ''))?.name);
+      expect(entry.cluster_id).toBe('acme-east');
+    }
+    expect(listed.filter((e) => e.proxy === undefined)).toEqual([{ istiod: 'MISSING(replica 3 of 3)', error: 'did not answer (no answer within 300 ms)' }]);
+    expect(identifierOf(outcome.response)).toMatchObject({ ID: 'istiod-acme-0,istiod-acme-1,MISSING(replica 3 of 3)' });
+    for (const replica of replicas) expect(replica.asked.map((a) => a.typeUrl)).toEqual(['istio.io/debug']);
+  });
+
   it('fails with UNAVAILABLE when no replica answers', async () => {
     const { replicas, xds } = await startReplicas('istiod-acme', 2);
     for (const replica of replicas) replica.hang = true;

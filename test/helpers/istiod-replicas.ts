@@ -1,8 +1,8 @@
 /**
  * istiod replicas for the per-replica debug requests (test/xds-debug-fanout.test.ts and the
  * interop suite's istioctl run): grpc-js servers sharing one certificate, each listing in
- * `istio.io/debug/syncz` only the sidecars whose ADS stream it holds, as istiod's debugSyncz does,
- * and answering `istio.io/debug/config_dump` only for those.
+ * `istio.io/debug/syncz` (and in `istio.io/debug` `syncz`'s JSON) only the sidecars whose ADS stream
+ * it holds, as istiod's debugSyncz does, and answering `istio.io/debug/config_dump` only for those.
  */
 import { randomUUID } from 'node:crypto';
 import { Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
@@ -63,6 +63,13 @@ export async function startIstiodReplicas(prefix: string, count: number): Promis
               replica.asked.push({ typeUrl, authorization: String(call.metadata.get('authorization')[0]), clusterid: String(call.metadata.get('clusterid')[0]), node: request.node?.id });
               if (replica.hang) return;
               const listed = [...replica.connected, ...replica.alsoLists];
+              // `istioctl x internal-debug syncz`: the HTTP endpoint's JSON (istiod's SyncStatus list) in one Any.
+              if (typeUrl === 'istio.io/debug' && request.resource_names?.[0] === 'syncz') {
+                const json = JSON.stringify(listed.map((id) => ({ cluster_id: 'acme-east', proxy: id, istio_version: '1.32-dev' })));
+                const value = { type_url: typeUrl, value: Buffer.from(json) };
+                call.write({ version_info: 'v1', type_url: typeUrl, nonce: randomUUID(), resources: [value], control_plane: { identifier } });
+                return;
+              }
               const resources =
                 typeUrl === TYPE_URL.syncz
                   ? listed.map(clientConfig)

@@ -122,6 +122,18 @@ describe('istioctl proxy-status through meshgate, with three istiod replicas', (
     expect(response.resources.map((r) => [r.node.id, r.node.metadata.MESHGATE_ISTIOD]).sort()).toEqual(SIDECARS.map((id) => [id, holderOf(id)]));
   });
 
+  it('merges istioctl x internal-debug syncz: every proxy once, each with its replica', async () => {
+    const syncz = await istioctl(
+      ['x', 'internal-debug', 'syncz', '--xds-address', `${tenantOf(sandbox, 'acme').host}:${gateway.port('xds')}`, '--cert-dir', certDir, '-i', 'istio-system'],
+      kubeconfig,
+    );
+    expect(syncz.code, syncz.stderr).toBe(0);
+    // istioctl prints the JSON of each Any in the response.
+    const listed = JSON.parse(syncz.stdout.slice(syncz.stdout.indexOf('['), syncz.stdout.lastIndexOf(']') + 1)) as { proxy: string; istiod: string }[];
+    const holderOf = (id: string) => started.replicas.find((r) => r.connected.has(id))?.name;
+    expect(listed.map((e) => [e.proxy, e.istiod]).sort()).toEqual(SIDECARS.map((id) => [id, holderOf(id)]));
+  });
+
   it('shows a replica that does not answer as MISSING, with the others’ proxies', async () => {
     const hung = started.replicas[2];
     if (!hung) throw new Error('three replicas');

@@ -11,6 +11,9 @@
  *     comma-separated, and `MISSING(replica i of n)` for each that did not, which is what
  *     istioctl's ISTIOD column shows. A replica that did not answer also gets a ClientConfig of
  *     its own, whose node id says so: a row in istioctl's table, even when no proxy is listed.
+ *   - `istio.io/debug` with the one resource `syncz` (`istioctl x internal-debug syncz`): each
+ *     replica's JSON list of proxies merged into one, each proxy once, with `istiod` naming its
+ *     replica; a replica that did not answer is an entry of its own, `MISSING(replica i of n)`.
  *   - `istio.io/debug/config_dump` (`istioctl proxy-status <pod>`): the proxy is connected to one
  *     replica; the first answer with resources is passed on as it is. None, with a replica
  *     missing: UNAVAILABLE, saying how many did not answer.
@@ -29,13 +32,20 @@ import { forEachField } from '../../grpc/protobuf-wire.js';
 import { grpcStatusHeaders, GRPC_STATUS, respondTrailersOnly } from '../../grpc/status.js';
 import { checkDebugRequest } from './requests.js';
 
-export type FanoutMode = 'merge' | 'first';
+export type FanoutMode = 'merge' | 'merge-json' | 'first';
 
 /** The debug type URLs whose answer depends on the replica asked, and how answers combine. */
 export const FANOUT_TYPES: ReadonlyMap<string, FanoutMode> = new Map([
   ['istio.io/debug/syncz', 'merge'],
   ['istio.io/debug/config_dump', 'first'],
 ]);
+
+/**
+ * `istio.io/debug` names an HTTP debug endpoint as its one resource (`istioctl x internal-debug
+ * syncz`); istiod answers with that endpoint's JSON as the value of one Any. These are per replica.
+ */
+const DEBUG_TYPE = 'istio.io/debug';
+const JSON_FANOUT_ENDPOINTS: ReadonlyMap<string, FanoutMode> = new Map([['syncz', 'merge-json']]);
 
 export const DEFAULT_FANOUT_TIMEOUT_MS = 5000;
 
@@ -94,6 +104,10 @@ export function peekFirstMessage(stream: ServerHttp2Stream): Promise<Buffer | un
 
 /** The fan-out mode of a request, or undefined for one that goes to a single replica. */
 export function fanoutModeOf(request: DiscoveryRequestFields): FanoutMode | undefined {
+  if (request.typeUrl === DEBUG_TYPE) {
+    const [name, ...more] = request.resourceNames;
+    return name === undefined || more.length > 0 ? undefined : JSON_FANOUT_ENDPOINTS.get(name);
+  }
   return FANOUT_TYPES.get(request.typeUrl);
 }
 
@@ -274,6 +288,7 @@ export function combine(mode: FanoutMode, typeUrl: string, replicas: readonly st
   if (!first) {
     throw new MeshgateError('MG_ERR_UPSTREAM_UNAVAILABLE', { message: `none of ${replicas.length} istiod replicas answered` });
   }
+  if (mode === 'merge-json') return combineJson(typeUrl, replicas, answers, first.answer);
   const seen = new Set<string>();
   const resources: Buffer[] = [];
   const ids: string[] = [];
@@ -303,6 +318,63 @@ export function combine(mode: FanoutMode, typeUrl: string, replicas: readonly st
     lengthDelimited(6, lengthDelimited(1, identifier)),
   ]);
   return { message, missing };
+}
+
+/**
+ * `istio.io/debug` syncz: each replica's JSON list of proxies (istiod's SyncStatus), merged into one
+ * list, each proxy once (by `cluster_id` and `proxy`, the first replica in pool order), each with
+ * `istiod` naming its replica; a replica that did not answer is an entry of its own, with `istiod`
+ * `MISSING(replica i of n)` and `error` saying why. A replica whose answer is not a JSON list is
+ * reported missing too: its answer cannot be merged.
+ */
+function combineJson(typeUrl: string, replicas: readonly string[], answers: readonly ReplicaAnswer[], first: Answer): Combined {
+  const label = (i: number): string => `replica ${i + 1} of ${replicas.length}`;
+  const seen = new Set<string>();
+  const merged: Record<string, unknown>[] = [];
+  const ids: string[] = [];
+  let missing = 0;
+  answers.forEach((a, i) => {
+    const entries = a.ok ? jsonEntries(a.answer) : undefined;
+    if (!a.ok || entries === undefined) {
+      missing++;
+      ids.push(`MISSING(${label(i)})`);
+      merged.push({ istiod: `MISSING(${label(i)})`, error: a.ok ? 'its answer is not a JSON list' : `did not answer (${a.reason})` });
+      return;
+    }
+    const id = replicaId(a.answer, replicas[i] ?? '');
+    ids.push(id);
+    for (const entry of entries) {
+      const key = JSON.stringify([entry.cluster_id, entry.proxy]);
+      if (typeof entry.proxy === 'string') {
+        if (seen.has(key)) continue;
+        seen.add(key);
+      }
+      merged.push({ ...entry, istiod: id });
+    }
+  });
+  const any = Buffer.concat([lengthDelimited(1, DEBUG_TYPE), lengthDelimited(2, JSON.stringify(merged, null, 2))]);
+  const identifier = JSON.stringify({ ...first.identifier, Component: 'istiod', ID: ids.join(',') });
+  const message = Buffer.concat([
+    ...(first.versionInfo === undefined ? [] : [lengthDelimited(1, first.versionInfo)]),
+    lengthDelimited(2, any),
+    lengthDelimited(4, typeUrl),
+    lengthDelimited(5, randomUUID()),
+    lengthDelimited(6, lengthDelimited(1, identifier)),
+  ]);
+  return { message, missing };
+}
+
+/** The JSON list in an `istio.io/debug` answer's one Any (value, field 2), or undefined. */
+function jsonEntries(answer: Answer): Record<string, unknown>[] | undefined {
+  const [any] = answer.resources;
+  if (any === undefined) return [];
+  const value = readFields(any).find((f) => f.number === 2)?.bytes;
+  try {
+    const parsed: unknown = JSON.parse(value?.toString('utf8') ?? 'null');
+    return Array.isArray(parsed) ? parsed.filter((e): e is Record<string, unknown> => typeof e === 'object' && e !== null) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 // ---- the stream ---------------------------------------------------------------------------------
