@@ -55,9 +55,9 @@ async function gatewayTo(acme: Xds, { globex, debugEndpoints, timeoutMs = 5000 }
         const { url: _single, ...rest } = tenant.istiod.xds;
         tenant.istiod.xds = { ...rest, ...xds };
         if (debugEndpoints && id === 'acme') tenant.debug = { ...tenant.debug, endpoints: debugEndpoints };
+        if (id === 'acme') tenant.xds = { ...tenant.xds, debugFanoutTimeout: `${timeoutMs}ms` };
       }
     },
-    { debugFanoutTimeoutMs: timeoutMs },
   );
   closers.push(() => gateway.close());
   return gateway;

@@ -280,6 +280,8 @@ const xdsSettings = z.strictObject({
     .min(1)
     .default(['token']),
   audiences: z.array(z.string().min(1)).min(1).default(['istio-ca']),
+  /** How long each istiod replica has to answer a per-replica debug request before it is reported missing. */
+  debugFanoutTimeout: duration.default(5_000),
 });
 
 const kubeSettings = z.strictObject({
@@ -364,7 +366,7 @@ export const tenantSchema = z.strictObject({
   clusters: z.array(cluster).min(1),
   webhook: webhookSettings.optional(),
   debug: debugSettings.default({ authentication: ['token'], audiences: ['istio-ca'], timeout: 30_000 }),
-  xds: xdsSettings.default({ authentication: ['token'], audiences: ['istio-ca'] }),
+  xds: xdsSettings.default({ authentication: ['token'], audiences: ['istio-ca'], debugFanoutTimeout: 5_000 }),
   kube: kubeSettings.default({ authentication: ['token'], requestTimeout: 60_000 }),
   metrics: metricsSettings.optional(),
   controlPlaneView: controlPlaneView.optional(),

@@ -32,8 +32,6 @@ export interface GatewayOptions {
   readonly bodyBudgetBytes?: number;
   /** A worker of `serve --workers N`: no admin listener (the primary has it). */
   readonly worker?: boolean;
-  /** How long each istiod replica has to answer a debug request asked of every replica (5 s). */
-  readonly debugFanoutTimeoutMs?: number;
 }
 
 export interface GatewayAddresses {
@@ -86,7 +84,6 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
     onStreamEnd: (tenant, seconds) => metrics.xdsStreamDuration.observe({ tenant }, seconds),
     onBytes: (tenant, direction, bytes) =>
       metrics.xdsBytes.inc({ tenant, direction: direction === 'toUpstream' ? 'to_upstream' : 'to_client' }, bytes),
-    ...(options.debugFanoutTimeoutMs === undefined ? {} : { debugFanoutTimeoutMs: options.debugFanoutTimeoutMs }),
     onDebugFanout: (tenant, { outcome, missing }) => {
       metrics.xdsDebugFanouts.inc({ tenant, outcome });
       if (missing > 0) metrics.xdsDebugFanoutMissing.inc({ tenant }, missing);

@@ -40,7 +40,7 @@ export interface ExtraGateway {
 export async function startGatewayFrom(
   sandbox: Sandbox,
   edit: (config: Record<string, any>) => void,
-  { logger = silent(), ...options }: { logger?: Logger; bodyBudgetBytes?: number; debugFanoutTimeoutMs?: number } = {},
+  { logger = silent(), ...options }: { logger?: Logger; bodyBudgetBytes?: number } = {},
 ): Promise<ExtraGateway> {
   const config = parse(readFileSync(sandbox.info.config, 'utf8')) as Record<string, any>;
   edit(config);

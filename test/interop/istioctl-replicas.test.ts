@@ -62,8 +62,8 @@ beforeAll(async () => {
       if (!tenant) throw new Error('no tenant acme');
       const { url: _single, ...rest } = tenant.istiod.xds;
       tenant.istiod.xds = { ...rest, ...started.xds };
+      tenant.xds = { ...tenant.xds, debugFanoutTimeout: '1s' };
     },
-    { debugFanoutTimeoutMs: 1000 },
   );
   client = adsClient({ port: gateway.port('xds'), host: acme.host, ca: sandbox.info.caFile });
   for (const id of SIDECARS) {

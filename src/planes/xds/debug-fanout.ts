@@ -47,8 +47,6 @@ export const FANOUT_TYPES: ReadonlyMap<string, FanoutMode> = new Map([
 const DEBUG_TYPE = 'istio.io/debug';
 const JSON_FANOUT_ENDPOINTS: ReadonlyMap<string, FanoutMode> = new Map([['syncz', 'merge-json']]);
 
-export const DEFAULT_FANOUT_TIMEOUT_MS = 5000;
-
 /** The node metadata key that names the replica a proxy is connected to. */
 export const ISTIOD_METADATA_KEY = 'MESHGATE_ISTIOD';
 

@@ -25,7 +25,7 @@ import type { Plane, RoutedContext } from '../plane.js';
 import { readDiscoveryRequest } from '../../grpc/discovery-request.js';
 import { DEFAULT_DEBUG_ENDPOINTS } from '../debug/endpoints.js';
 import { checkDebugRequest, createMethodPolicy, type MethodPolicy } from './requests.js';
-import { DEFAULT_FANOUT_TIMEOUT_MS, openWhilePeeking, serveFanout, type FanoutOutcome } from './debug-fanout.js';
+import { openWhilePeeking, serveFanout, type FanoutOutcome } from './debug-fanout.js';
 import { buildMetricsState, handleStreamMetrics, holdMetrics, STREAM_METRICS_METHOD, type MetricsServiceEvents, type MetricsState } from '../metrics/stream-metrics.js';
 
 /**
@@ -55,6 +55,8 @@ export interface XdsState {
   readonly mayCall: MethodPolicy;
   /** The tenant's debug allowlist, for debug type URLs. */
   readonly debugEndpoints: ReadonlySet<string>;
+  /** How long each replica has to answer a per-replica debug request (`xds.debugFanoutTimeout`). */
+  readonly debugFanoutTimeoutMs: number;
   readonly pool: Lease<XdsPool>;
   /** Sidecar metrics (Envoy's MetricsService), when the tenant takes them: src/planes/metrics. */
   readonly metrics?: MetricsState | undefined;
@@ -69,8 +71,6 @@ export interface XdsPlaneDeps {
   readonly onBytes?: (tenant: string, direction: 'toUpstream' | 'toClient', bytes: number) => void;
   /** A debug request asked of every replica was answered (or failed). */
   readonly onDebugFanout?: (tenant: string, outcome: FanoutOutcome) => void;
-  /** How long a replica has to answer a debug request asked of every replica. */
-  readonly debugFanoutTimeoutMs?: number;
   readonly metricsService?: MetricsServiceEvents;
 }
 
@@ -134,6 +134,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
         authorize: createAuthorizer(tenant.id, tenant.config.access.xds, 'xds'),
         mayCall: createMethodPolicy(tenant.config.access.xds),
         debugEndpoints: new Set(tenant.config.debug.endpoints ?? DEFAULT_DEBUG_ENDPOINTS),
+        debugFanoutTimeoutMs: settings.debugFanoutTimeout,
         pool: leasePool(tenant, upstream),
         metrics: buildMetricsState(tenant),
         clusters: new Set(tenant.clusters.keys()),
@@ -204,7 +205,7 @@ export function createXdsPlane(deps: XdsPlaneDeps = {}): XdsPlane {
               first: fanout.fields,
               firstMessage: fanout.message,
               debugEndpoints: state.debugEndpoints,
-              timeoutMs: deps.debugFanoutTimeoutMs ?? DEFAULT_FANOUT_TIMEOUT_MS,
+              timeoutMs: state.debugFanoutTimeoutMs,
               ...(deps.onDebugFanout ? { onOutcome: (outcome: FanoutOutcome) => deps.onDebugFanout?.(state.tenant, outcome) } : {}),
             })
           : await forwardGrpc(exchange, {
