@@ -18,8 +18,9 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { constants as h2, performServerHandshake, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { IncomingMessage } from 'node:http';
-import { WebSocket, createWebSocketStream, type ClientOptions } from 'ws';
+import { WebSocket, type ClientOptions } from 'ws';
 import { backoffMs } from '../backoff.js';
+import { webSocketStream } from '../forward/websocket-stream.js';
 import type { Logger } from '../observability/logger.js';
 import { AGENT_PATH_PREFIX, AGENT_PROTOCOL, INSTANCE_HEADER } from '../planes/agent/protocol.js';
 
@@ -122,7 +123,7 @@ export function startAgent(options: AgentOptions): Agent {
   /** Serves HTTP/2 on the tunnel until it ends. */
   const serve = (ws: WebSocket): Promise<void> =>
     new Promise((resolve) => {
-      const stream = createWebSocketStream(ws);
+      const stream = webSocketStream(ws);
       stream.on('error', () => undefined);
       const session = performServerHandshake(stream, {
         settings: { maxConcurrentStreams: maxConnections, initialWindowSize: STREAM_WINDOW, enablePush: false },

@@ -13,12 +13,13 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, createWebSocketStream, type WebSocket } from 'ws';
+import { WebSocketServer, type WebSocket } from 'ws';
 import { createAuthenticator, type Authenticator } from '../../auth/authenticate.js';
 import type { Identity } from '../../auth/identity.js';
 import type { AccessRule } from '../../config/schema.js';
 import { MeshgateError } from '../../errors.js';
 import type { AgentTunnel, AgentTunnels, TunnelTimings } from '../../forward/agent-tunnels.js';
+import { webSocketStream } from '../../forward/websocket-stream.js';
 import type { UpgradeExchange } from '../../listener/exchange.js';
 import { DEFAULT_RULE, compileIdentityMatch, ruleName } from '../../policy/authorize.js';
 import type { Lease } from '../../tenancy/registry.js';
@@ -125,10 +126,11 @@ export function createAgentPlane(options: AgentPlaneOptions): Plane<AgentState> 
       const tenant = context.tenant.id;
       try {
         if (exchange.protocol !== 'upgrade' || exchange.method !== 'GET' || exchange.upgrade.toLowerCase() !== 'websocket') {
-          throw new MeshgateError('MG_ERR_AGENT_UPGRADE_REQUIRED', { headers: { upgrade: 'websocket' } });
+          // No `Upgrade:` with the 426: HTTP/2 forbids the header, and the message says what to send.
+          throw new MeshgateError('MG_ERR_AGENT_UPGRADE_REQUIRED');
         }
         if (!offers(exchange.headers['sec-websocket-protocol'], AGENT_PROTOCOL)) {
-          throw new MeshgateError('MG_ERR_AGENT_UPGRADE_REQUIRED', { message: `the agent endpoint speaks the WebSocket subprotocol ${AGENT_PROTOCOL} only`, headers: { upgrade: 'websocket' } });
+          throw new MeshgateError('MG_ERR_AGENT_UPGRADE_REQUIRED', { message: `the agent endpoint speaks the WebSocket subprotocol ${AGENT_PROTOCOL} only` });
         }
         const id = target.path.startsWith(AGENT_PATH_PREFIX) ? target.path.slice(AGENT_PATH_PREFIX.length) : '';
         if (id === '' || id.includes('/')) throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND', { message: `agents register at ${AGENT_PATH_PREFIX}<clusterId>` });
@@ -189,14 +191,14 @@ function accept(server: WebSocketServer, refusals: WeakMap<IncomingMessage, (rea
   return new Promise((resolve, reject) => {
     const refuse = (reason: string): void => {
       exchange.clientSocket.off('close', gone);
-      reject(new MeshgateError('MG_ERR_AGENT_UPGRADE_REQUIRED', { message: `not a valid WebSocket handshake: ${reason}`, headers: { upgrade: 'websocket' } }));
+      reject(new MeshgateError('MG_ERR_AGENT_UPGRADE_REQUIRED', { message: `not a valid WebSocket handshake: ${reason}` }));
     };
     const gone = (): void => refuse('the connection closed');
     exchange.clientSocket.once('close', gone);
     refusals.set(req, refuse);
     server.handleUpgrade(req, exchange.clientSocket, exchange.head, (ws: WebSocket) => {
       exchange.clientSocket.off('close', gone);
-      const stream = createWebSocketStream(ws);
+      const stream = webSocketStream(ws);
       // A WebSocket that errs (a bad frame, an oversized message) ends the tunnel; ws closes it.
       stream.on('error', () => undefined);
       resolve(stream);
