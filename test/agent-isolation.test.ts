@@ -196,7 +196,9 @@ describe('bad input on the agent endpoint', () => {
     ['WebSocket frames that are not HTTP/2', 'frames'],
     ['nothing at all, past the handshake timeout', 'silence'],
   ] as const)('closes a tunnel that carries %s, and counts it', async (_name, kind) => {
-    const before = /^meshgate_agent_registrations_total\{tenant="acme",outcome="MG_ERR_AGENT_HANDSHAKE"\} (\d+)$/m.exec(await metrics())?.[1] ?? '0';
+    const code = 'MG_ERR_AGENT_HANDSHAKE';
+    const counted = (n: number | string): RegExp => new RegExp(`^meshgate_agent_registrations_total\\{tenant="acme",outcome="${code}"\\} ${String(n)}$`, 'm');
+    const before = counted('(\\d+)').exec(await metrics())?.[1] ?? '0';
     const wsKey = randomBytes(16).toString('base64');
     const upgrade =
       `GET /agent/v1/clusters/acme-east HTTP/1.1\r\nhost: ${host('acme')}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n` +
@@ -211,9 +213,7 @@ describe('bad input on the agent endpoint', () => {
     expect(text).toMatch(/^HTTP\/1\.1 101 /);
     expect(text.toLowerCase()).toContain('meshgate-instance: ');
     expect(closedByServer).toBe(true);
-    await vi.waitFor(async () =>
-      expect(await metrics()).toMatch(new RegExp(`^meshgate_agent_registrations_total\\{tenant="acme",outcome="MG_ERR_AGENT_HANDSHAKE"\\} ${Number(before) + 1}$`, 'm')),
-    );
+    await vi.waitFor(async () => expect(await metrics()).toMatch(counted(Number(before) + 1)));
     expect(await metrics()).not.toMatch(/^meshgate_agent_tunnels\{tenant="acme",cluster="acme-east"\} [1-9]/m);
   });
 });
