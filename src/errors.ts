@@ -85,6 +85,13 @@ export const ERROR_CODES = {
   MG_ERR_UPSTREAM_RESET: spec(502, GRPC.UNAVAILABLE, 'upstream closed the connection'),
   MG_ERR_UPSTREAM_LOOPBACK: spec(502, GRPC.FAILED_PRECONDITION, 'upstream resolves to a loopback address'),
   MG_ERR_UPSTREAM_UPGRADE_INVALID: spec(502, GRPC.UNAVAILABLE, 'upstream switched protocols with an invalid handshake'),
+  MG_ERR_UPSTREAM_AGENT_UNAVAILABLE: spec(503, GRPC.UNAVAILABLE, "no agent of this cluster is connected to meshgate; retry"),
+
+  // Agents: `meshgate agent` registering a cluster that meshgate reaches through it (docs/agent.md).
+  MG_ERR_AGENT_UPGRADE_REQUIRED: spec(426, GRPC.INVALID_ARGUMENT, 'the agent endpoint takes a WebSocket upgrade with the meshgate agent protocol only'),
+  MG_ERR_AGENT_NOT_VIA_AGENT: spec(403, GRPC.PERMISSION_DENIED, 'this cluster is not configured to be reached through an agent'),
+  MG_ERR_AGENT_IDENTITY_MISMATCH: spec(403, GRPC.PERMISSION_DENIED, "the agent's certificate is not for the cluster it registers"),
+  MG_ERR_AGENT_HANDSHAKE: spec(502, GRPC.UNAVAILABLE, 'the agent did not start its HTTP/2 session in time'),
 
   // Limits: what one tenant, or the gateway, may hold at once.
   MG_ERR_LIMIT_CONNECTIONS: spec(503, GRPC.RESOURCE_EXHAUSTED, 'the tenant has too many connections open'),

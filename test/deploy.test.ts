@@ -53,9 +53,9 @@ function kustomizations(dir = DEPLOY): string[] {
 describe('deploy/ kustomizations', () => {
   const dirs = kustomizations();
 
-  it('are the base, both overlays and the default, and each renders with kubectl kustomize', () => {
-    expect(dirs.map((d) => relative(DEPLOY, d) || '.').sort()).toEqual(['.', 'base', 'overlays/file-config', 'overlays/kubernetes-config']);
-    for (const dir of dirs) expect(render(dir).length, dir).toBeGreaterThan(5);
+  it('are the base, both overlays, the default and the agent, and each renders with kubectl kustomize', () => {
+    expect(dirs.map((d) => relative(DEPLOY, d) || '.').sort()).toEqual(['.', 'agent', 'base', 'overlays/file-config', 'overlays/kubernetes-config']);
+    for (const dir of dirs) expect(render(dir).length, dir).toBeGreaterThan(dir.endsWith('agent') ? 4 : 5);
   });
 
   it('render the file-config overlay by default (kubectl kustomize deploy/)', () => {
@@ -415,6 +415,52 @@ describe('the example MeshTenant', () => {
     };
     walk(schema, 'openAPIV3Schema');
     expect(unknown).toEqual([]);
+  });
+});
+
+describe('the agent (deploy/agent)', () => {
+  const objects = render(join(DEPLOY, 'agent'));
+  const deployment = one(objects, 'Deployment', 'meshgate-agent');
+  const pod = deployment.spec.template.spec as K8s;
+  const podLabels = deployment.spec.template.metadata.labels as Record<string, string>;
+  const container = (pod.containers as K8s[])[0]!;
+  const args = container.args as string[];
+  const arg = (flag: string): string => args[args.indexOf(flag) + 1] ?? '';
+
+  it('has exactly the kinds it needs, in its own namespace', () => {
+    expect(objects.map((o) => o.kind as string).sort()).toEqual(['Deployment', 'Namespace', 'NetworkPolicy', 'PodDisruptionBudget', 'ServiceAccount']);
+    for (const o of objects) if (o.kind !== 'Namespace') expect(o.metadata.namespace).toBe('meshgate-agent');
+  });
+
+  it('runs `meshgate agent` with flags it takes, and files from the mounted Secret', () => {
+    expect(args[0]).toBe('agent');
+    const usage = execFileSync(process.execPath, [join(ROOT, 'dist/cli/main.js'), 'agent', '--help'], { encoding: 'utf8' });
+    for (const flag of args.filter((a) => a.startsWith('--'))) expect(usage, flag).toContain(flag);
+    expect(arg('--server')).toMatch(/^wss:\/\/[^/]+:\d+$/);
+    const mount = (container.volumeMounts as K8s[]).find((m) => m.name === 'tls')!;
+    for (const flag of ['--ca', '--cert', '--key']) expect(posix.dirname(arg(flag))).toBe(mount.mountPath);
+    expect((pod.volumes as K8s[]).find((v) => v.name === 'tls')?.secret.secretName).toBe('meshgate-agent-tls');
+    // Probes on the health port the agent is told to open.
+    const health = (container.ports as K8s[]).find((p) => p.name === 'health')!;
+    expect(health.containerPort).toBe(Number(arg('--health-port')));
+    expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'health' });
+    expect(pod.terminationGracePeriodSeconds).toBeGreaterThan(Number(arg('--drain-timeout')));
+  });
+
+  it('holds no Kubernetes credential: no token mounted, no RBAC', () => {
+    expect(pod.automountServiceAccountToken).toBe(false);
+    expect(one(objects, 'ServiceAccount').automountServiceAccountToken).toBe(false);
+    expect(objects.some((o) => RBAC_KINDS.includes(o.kind as string))).toBe(false);
+  });
+
+  it('is selected by its NetworkPolicy: no ingress, egress to DNS and to ports 443 and 6443 only', () => {
+    const policy = one(objects, 'NetworkPolicy');
+    expect(matches(policy.spec.podSelector.matchLabels, podLabels)).toBe(true);
+    expect(policy.spec.policyTypes).toEqual(['Ingress', 'Egress']);
+    expect(policy.spec.ingress).toEqual([]);
+    const ports = (policy.spec.egress as K8s[]).flatMap((rule) => (rule.ports as K8s[]).map((p) => `${p.protocol as string}/${p.port as number}`));
+    expect(ports.sort()).toEqual(['TCP/443', 'TCP/53', 'TCP/6443', 'UDP/53']);
+    expect(matches(one(objects, 'PodDisruptionBudget').spec.selector.matchLabels, podLabels)).toBe(true);
   });
 });
 

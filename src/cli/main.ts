@@ -10,8 +10,10 @@
  *   meshgate certs   ca | server | client …
  *   meshgate xds     --server HOST:PORT …     (an ADS request or a CSR, printed)
  *   meshgate kubeconfig --tenant T --cluster C …   (a kubeconfig through meshgate)
+ *   meshgate agent   --server wss://HOST:PORT --cluster C …   (in a mesh cluster meshgate cannot dial)
  */
 import { readFileSync } from 'node:fs';
+import { runAgent } from './agent.js';
 import { runCerts } from './certs.js';
 import { runCheck, runCrd, runServe } from './serve.js';
 import { runSandbox } from './sandbox.js';
@@ -30,6 +32,7 @@ commands:
   certs   ca|server|client …            issue certificates (meshgate certs --help)
   xds     --server HOST:PORT …          one ADS request or CSR through meshgate (meshgate xds --help)
   kubeconfig --tenant T --cluster C …   a kubeconfig that reaches a tenant cluster through meshgate
+  agent   --server wss://H:P --cluster C …   tunnel a mesh cluster's API server to meshgate (meshgate agent --help)
 
 options:
   -h, --help       this text
@@ -53,6 +56,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return runXds(rest);
     case 'kubeconfig':
       return runKubeconfig(rest);
+    case 'agent':
+      return runAgent(rest);
     case '-v':
     case '--version':
       console.log(version());

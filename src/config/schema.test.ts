@@ -65,6 +65,26 @@ describe('parseConfig', () => {
     ]);
   });
 
+  it('takes an API server by url or via an agent, the agent needing a serverName and keys meshgate holds', () => {
+    const cluster = (id: string, apiServer: Record<string, unknown>, more: Record<string, unknown> = { jwks: { file: 'k.json' } }) => ({ id, issuer: 'i', ...more, apiServer: { credentials: { tokenFile: 't' }, ...apiServer } });
+    const acme = tenant('acme', {
+      clusters: [
+        cluster('ok', { via: 'agent', serverName: 'kubernetes.default.svc' }),
+        cluster('both', { url: 'https://10.0.0.1:6443', via: 'agent', serverName: 'x' }),
+        cluster('neither', {}),
+        cluster('unnamed', { via: 'agent' }),
+        cluster('reviewed', { via: 'agent', serverName: 'x' }, { tokenReview: {} }),
+      ],
+      access: { kube: [{ method: 'token', profiles: ['istiod'] }], agent: [{ cluster: 'ok' }] },
+    });
+    expect(problems(base({ tenants: [acme] }))).toEqual([
+      'tenants[0].clusters[1].apiServer: set either "url" or "via: agent"',
+      'tenants[0].clusters[2].apiServer: set either "url" or "via: agent"',
+      'tenants[0].clusters[3].apiServer.serverName: with "via: agent" there is no URL to take the name from: set the name the API server\'s certificate is for',
+      'tenants[0].clusters[4].tokenReview: meshgate calls TokenReview directly, which an agent cluster cannot take: use "jwks" (a file, or a URL meshgate reaches)',
+    ]);
+  });
+
   it('requires at least one webhook authentication method', () => {
     expect(problems(base({ tenants: [tenant('acme', { webhook: { authentication: [] } })] }))).toEqual([
       'tenants[0].webhook.authentication: at least one authentication method is required',

@@ -63,7 +63,7 @@ const port = z.number().int().min(0).max(65535);
 /** Who reaches the admin listener's /metrics and /status by default: this host only. */
 const ADMIN_LOOPBACK = ['127.0.0.0/8', '::1/128'] as const;
 
-export const PLANES = ['webhook', 'debug', 'xds', 'kube'] as const;
+export const PLANES = ['webhook', 'debug', 'xds', 'kube', 'agent'] as const;
 export type PlaneName = (typeof PLANES)[number];
 
 export const AUTH_METHODS = ['clientCertificate', 'token', 'pathKey'] as const;
@@ -164,12 +164,33 @@ const apiServerCredentials = z.union([
   z.strictObject({ cert: file, key: file }),
 ]);
 
-const apiServer = z.strictObject({
-  url: z.url({ protocol: /^https$/ }),
-  ca: file.optional(),
-  serverName: z.string().optional(),
-  credentials: apiServerCredentials,
-});
+/**
+ * Where the API server is: its `url`, or `via: agent` for one meshgate cannot dial, reached through
+ * the tunnel its cluster's `meshgate agent` keeps open (docs/agent.md). TLS to it is meshgate's own
+ * either way, so an agent cluster needs the name its certificate is for.
+ */
+const apiServer = z
+  .strictObject({
+    url: z.url({ protocol: /^https$/ }).optional(),
+    via: z.literal('agent').optional(),
+    ca: file.optional(),
+    serverName: z.string().min(1).optional(),
+    credentials: apiServerCredentials,
+  })
+  .check((ctx) => {
+    const { url, via, serverName } = ctx.value;
+    if ((url === undefined) === (via === undefined)) {
+      ctx.issues.push({ code: 'custom', input: ctx.value, message: 'set either "url" or "via: agent"' });
+    }
+    if (via !== undefined && serverName === undefined) {
+      ctx.issues.push({
+        code: 'custom',
+        input: ctx.value,
+        path: ['serverName'],
+        message: 'with "via: agent" there is no URL to take the name from: set the name the API server\'s certificate is for',
+      });
+    }
+  });
 
 const cluster = z
   .strictObject({
@@ -183,6 +204,14 @@ const cluster = z
     const { jwks: keys, tokenReview: review, apiServer: server } = ctx.value;
     if ((keys === undefined) === (review === undefined)) {
       ctx.issues.push({ code: 'custom', input: ctx.value, message: 'set either "jwks" (the signing keys) or "tokenReview"' });
+    }
+    if (review !== undefined && server?.via === 'agent') {
+      ctx.issues.push({
+        code: 'custom',
+        input: ctx.value,
+        path: ['tokenReview'],
+        message: 'meshgate calls TokenReview directly, which an agent cluster cannot take: use "jwks" (a file, or a URL meshgate reaches)',
+      });
     }
     if (review !== undefined && (server === undefined || server.credentials === 'passthrough')) {
       ctx.issues.push({
@@ -377,6 +406,7 @@ export const tenantSchema = z.strictObject({
       debug: z.array(accessRule).optional(),
       xds: z.array(xdsAccessRule).optional(),
       kube: z.array(kubeAccessRule).optional(),
+      agent: z.array(accessRule).optional(),
     })
     .default({}),
 });
@@ -665,7 +695,7 @@ function checkCrossReferences(config: Config, issues: unknown[]): void {
         }
       }
       t.clusters.forEach((c, j) => {
-        if (c.apiServer !== undefined && isLoopbackHost(new URL(c.apiServer.url).hostname)) {
+        if (c.apiServer?.url !== undefined && isLoopbackHost(new URL(c.apiServer.url).hostname)) {
           report(
             at('clusters', j, 'apiServer', 'url'),
             "a cluster's API server is never on meshgate's own host (security.allowLoopbackUpstreams exists for the sandbox only)",

@@ -21,6 +21,7 @@
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { connect, type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders, type Settings } from 'node:http2';
 import { isIP } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { backoffMs } from '../backoff.js';
 import { isLoopbackHost } from '../config/schema.js';
@@ -62,6 +63,8 @@ export interface H2PoolOptions {
   /** Offer HTTP/1.1 as well, and report an upstream that picks it (see Http1Only). */
   readonly http1Fallback?: boolean;
   readonly events?: H2PoolEvents;
+  /** Opens each session's byte stream (an agent's tunnel) instead of dialing the replica; TLS runs over it. */
+  readonly dial?: () => Duplex;
 }
 
 /** The upstream does not speak HTTP/2: use HTTP/1.1. Never reaches a client. */
@@ -236,15 +239,19 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       rejectUnauthorized: true as const,
       ...(options.allowLoopback || isIP(replicaHost) !== 0 ? {} : { lookup: refuseLoopback }),
     };
+    const { dial } = options;
+    const alpn = options.http1Fallback === true ? ['h2', 'http/1.1'] : ['h2'];
     const session = connect(replica.origin, {
       ...tls,
       // node:http2 offers only h2; to learn whether the upstream would rather speak HTTP/1.1,
-      // the TLS connection is ours, offering both.
-      ...(options.http1Fallback === true
-        ? {
-            createConnection: () => tlsConnect({ ...tls, host: replicaHost, port: Number(url.port || 443), ALPNProtocols: ['h2', 'http/1.1'] }),
-          }
-        : {}),
+      // the TLS connection is ours, offering both. Through a dial, it is ours anyway.
+      ...(dial !== undefined
+        ? { createConnection: () => tlsConnect({ ...tls, socket: dial(), ALPNProtocols: alpn }) }
+        : options.http1Fallback === true
+          ? {
+              createConnection: () => tlsConnect({ ...tls, host: replicaHost, port: Number(url.port || 443), ALPNProtocols: alpn }),
+            }
+          : {}),
       settings: { enablePush: false, initialWindowSize: STREAM_WINDOW },
       maxSessionMemory: 64,
       // Until its SETTINGS arrive, assume the peer takes what it allowed last time, or what we

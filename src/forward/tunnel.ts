@@ -2,8 +2,8 @@
  * The upgrade tunnel: exec, attach and port-forward over WebSocket or SPDY/3.1. http-proxy's
  * `ws()` takes only GET WebSocket upgrades, and SPDY's is a POST, so the tunnel is our own:
  *
- *  1. a fresh HTTP/1.1 connection to the upstream (never pooled, never reused), TLS verified as for
- *     any request, carrying the request with `Connection: Upgrade` and the client's `Upgrade`;
+ *  1. a fresh HTTP/1.1 connection to the upstream (never pooled, never reused; through an agent's
+ *     tunnel for an upstream reached that way), TLS verified as for any request, carrying the request with `Connection: Upgrade` and the client's `Upgrade`;
  *  2. only a `101` switches. For WebSocket, `Sec-WebSocket-Accept` must answer the client's key;
  *     then the upstream's head goes to the client as it came, and bytes flow both ways;
  *  3. any other answer is relayed whole (status, headers, a bounded body) and **both** connections
@@ -44,7 +44,7 @@ export interface TunnelResult {
 
 /** Opens the tunnel; resolves when it is over. Rejects (nothing sent yet) for the plane to render. */
 export function openTunnel(exchange: UpgradeExchange, request: TunnelRequest): Promise<TunnelResult> {
-  const { origin, connectOptions } = request.upstream;
+  const { origin, connectOptions, upgradeAgent } = request.upstream;
   const client = exchange.clientSocket;
 
   return new Promise((resolve, reject) => {
@@ -57,7 +57,7 @@ export function openTunnel(exchange: UpgradeExchange, request: TunnelRequest): P
     };
     const upstreamReq = httpsRequest({
       ...connectOptions,
-      agent: false,
+      agent: upgradeAgent,
       hostname: origin.hostname.replace(/^\[|\]$/g, ''),
       port: origin.port,
       method: exchange.method,

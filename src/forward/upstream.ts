@@ -5,10 +5,17 @@
  * shared between tenants, so a pooled connection can never carry one tenant's request to another's
  * backend. TLS is always verified (against the configured CA, or the system roots), and a name
  * that resolves to loopback is refused: istiod trusts loopback callers fully.
+ *
+ * An upstream may also be reached through a `dial` instead of its address (a mesh API server
+ * behind an agent, src/forward/agent-tunnels.ts): each connection is then a stream that `dial`
+ * opens, and meshgate's TLS, verified exactly as for a direct upstream, runs over it.
  */
+import type { ClientRequestArgs } from 'node:http';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { isIP } from 'node:net';
+import { PassThrough, type Duplex } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
 import type { UpstreamConfig } from '../config/schema.js';
 import type { ConfigFiles } from '../config/files.js';
 import { MeshgateError } from '../errors.js';
@@ -23,6 +30,11 @@ export interface HttpUpstream {
   readonly h2?: H2Pool | undefined;
   /** What a connection of its own (an upgrade, never pooled) needs: the same TLS checks and lookup. */
   readonly connectOptions: Readonly<TlsConnectOptions>;
+  /**
+   * The agent for a connection of its own: false (a fresh one, to the origin's address), or, for an
+   * upstream reached through a dial, an agent that dials a fresh connection for every request.
+   */
+  readonly upgradeAgent: HttpsAgent | false;
   close(): void;
 }
 
@@ -44,6 +56,18 @@ export interface UpstreamOptions {
   /** Use HTTP/2 when an HTTPS upstream offers it (the default), or never. */
   readonly http2?: boolean;
   readonly events?: H2PoolEvents;
+  /**
+   * Opens each connection's byte stream (an agent's tunnel) instead of dialing the origin; throws
+   * a MeshgateError when it cannot. TLS runs over what it returns.
+   */
+  readonly dial?: (() => Duplex) | undefined;
+}
+
+/** Where an upstream is, and how its certificate is checked. */
+export interface UpstreamTarget {
+  readonly url: string;
+  readonly ca?: string | undefined;
+  readonly serverName?: string | undefined;
 }
 
 /** HTTP/2 sessions to an API server or istiod's webhook port: as towards istiod's xDS port. */
@@ -56,7 +80,7 @@ const H2_SESSIONS = {
   connectTimeout: 5_000,
 } as const;
 
-export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, options: UpstreamOptions): HttpUpstream {
+export function createHttpUpstream(config: UpstreamConfig | UpstreamTarget, files: ConfigFiles, options: UpstreamOptions): HttpUpstream {
   const url = new URL(config.url);
   const origin = new URL(url.origin);
   const tls: TlsConnectOptions = {
@@ -78,6 +102,14 @@ export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, o
   };
   const agent =
     origin.protocol === 'https:' ? new HttpsAgent({ ...pool, ...tls }) : new HttpAgent(pool);
+  const { dial } = options;
+  let upgradeAgent: HttpsAgent | false = false;
+  if (dial !== undefined && agent instanceof HttpsAgent) {
+    agent.createConnection = dialing(dial);
+    // Never kept alive: an upgraded connection is the tunnel's alone.
+    upgradeAgent = new HttpsAgent({ ...tls, keepAlive: false, maxSockets: Number.POSITIVE_INFINITY });
+    upgradeAgent.createConnection = dialing(dial);
+  }
   const h2 =
     origin.protocol === 'https:' && options.http2 !== false
       ? createH2Pool({
@@ -87,6 +119,7 @@ export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, o
           allowLoopback: options.allowLoopback,
           http1Fallback: true,
           ...(options.events ? { events: options.events } : {}),
+          ...(dial === undefined ? {} : { dial }),
         })
       : undefined;
   return {
@@ -94,10 +127,32 @@ export function createHttpUpstream(config: UpstreamConfig, files: ConfigFiles, o
     agent,
     h2,
     connectOptions: tls,
+    upgradeAgent,
     close: () => {
       agent.destroy();
+      if (upgradeAgent) upgradeAgent.destroy();
       h2?.close();
     },
+  };
+}
+
+type CreateConnection = (options: ClientRequestArgs, done?: (err: Error | null, stream: Duplex) => void) => Duplex | undefined;
+
+/** What a failed dial hands an agent with its error: never read. */
+const FAILED = new PassThrough();
+
+/** An HTTPS agent's createConnection that runs its TLS over a dialed stream; a failed dial fails the request. */
+function dialing(dial: () => Duplex): CreateConnection {
+  return (options, done) => {
+    let stream: Duplex;
+    try {
+      stream = dial();
+    } catch (err) {
+      // Node's agents pass `done`; the request fails with the error given to it.
+      done?.(err instanceof Error ? err : new Error(String(err)), FAILED);
+      return undefined;
+    }
+    return tlsConnect({ ...(options as object), socket: stream });
   };
 }
 

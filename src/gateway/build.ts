@@ -2,14 +2,17 @@
  * buildGateway(config) assembles meshgate without side effects: nothing listens and nothing is
  * fetched until listen(). Tests build, listen on port 0, and close.
  */
+import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { createAdminServer } from '../admin/admin-server.js';
 import { adminAccessSettings, createAdminAccess } from '../admin/access.js';
 import type { LoadedConfig } from '../config/load.js';
+import { createAgentTunnels, type TunnelTimings } from '../forward/agent-tunnels.js';
 import { createBodyBudget } from '../http/body.js';
 import { createTlsListener, type TlsListener } from '../listener/tls-listener.js';
 import { accessLogger, createLogger, type Logger } from '../observability/logger.js';
 import { createMetrics, type Metrics } from '../observability/metrics.js';
+import { createAgentPlane } from '../planes/agent/plane.js';
 import { createDebugPlane } from '../planes/debug/plane.js';
 import { createKubePlane } from '../planes/kube/plane.js';
 import type { Plane } from '../planes/plane.js';
@@ -32,6 +35,8 @@ export interface GatewayOptions {
   readonly bodyBudgetBytes?: number;
   /** A worker of `serve --workers N`: no admin listener (the primary has it). */
   readonly worker?: boolean;
+  /** How agent tunnels are started and kept alive (tests shorten the pings). */
+  readonly agentTimings?: Partial<TunnelTimings>;
 }
 
 export interface GatewayAddresses {
@@ -94,6 +99,10 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       onDropped: (tenant, reason, count) => metrics.sidecarMetricsDropped.inc({ tenant, reason }, count),
     },
   });
+  const tunnels = createAgentTunnels({
+    tunnels: (tenant, cluster, count) => metrics.agentTunnels.set({ tenant, cluster }, count),
+    streams: (tenant, cluster, delta) => metrics.agentStreams.inc({ tenant, cluster }, delta),
+  });
   const planes: Plane[] = [
     createWebhookPlane({ bodyBudget: createBodyBudget(options.bodyBudgetBytes ?? 256 * 1024 * 1024) }),
     createDebugPlane(),
@@ -120,6 +129,16 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
           },
           'kube long-running request started',
         ),
+    }, tunnels),
+    createAgentPlane({
+      tunnels,
+      instance: randomUUID(),
+      ...(options.agentTimings === undefined ? {} : { timings: options.agentTimings }),
+      hooks: {
+        onRegistration: (tenant, outcome) => metrics.agentRegistrations.inc({ tenant, outcome }),
+        onConnected: (tenant, cluster, subject) => logger.info({ tenant, cluster, subject }, 'agent connected'),
+        onDisconnected: (tenant, cluster, seconds) => logger.info({ tenant, cluster, seconds: Math.round(seconds) }, 'agent disconnected'),
+      },
     }),
   ];
   const limits = createTenantLimits({
@@ -277,6 +296,7 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       // that sidecars reconnect to another replica, then connections are cut.
       await Promise.all(listeners.map((l) => l.close(graceMs, () => xds.terminateAll())));
       await admin?.close();
+      tunnels.closeAll();
       resources.close();
       countResources();
     },

@@ -242,6 +242,24 @@ export function createMetrics() {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
     }),
+    agentTunnels: new Gauge({
+      name: 'meshgate_agent_tunnels',
+      help: 'Agent tunnels connected to this process, by tenant and cluster (clusters via: agent; 0 when none is).',
+      labelNames: ['tenant', 'cluster'] as const,
+      registers,
+    }),
+    agentRegistrations: new Counter({
+      name: 'meshgate_agent_registrations_total',
+      help: 'Agent registrations by tenant and outcome (OK, or the MG_ERR_* code it was refused or ended with).',
+      labelNames: ['tenant', 'outcome'] as const,
+      registers,
+    }),
+    agentStreams: new Gauge({
+      name: 'meshgate_agent_streams',
+      help: "Connections to a cluster's API server open through its agents' tunnels, by tenant and cluster.",
+      labelNames: ['tenant', 'cluster'] as const,
+      registers,
+    }),
     tokenReviews: new Counter({
       name: 'meshgate_tokenreviews_total',
       help: 'TokenReview lookups against clusters, by result (authenticated, rejected, error, limited).',

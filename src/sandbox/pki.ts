@@ -54,7 +54,8 @@ export async function createSandboxPki(dir: string, tenants: readonly { id: stri
     createCertificateAuthority('meshgate sandbox cluster CA'),
   ]);
   const [apiServer, meshgateClient] = await Promise.all([
-    issueCertificate(clusterCa, { commonName: '127.0.0.1', ipAddresses: ['127.0.0.1'], usage: 'server' }),
+    // kubernetes.default.svc too, as a real API server's: the name meshgate checks through an agent (docs/agent.md).
+    issueCertificate(clusterCa, { commonName: '127.0.0.1', dnsNames: ['kubernetes.default.svc'], ipAddresses: ['127.0.0.1'], usage: 'server' }),
     issueCertificate(clusterCa, { commonName: 'meshgate', organization: 'meshgate', usage: 'client' }),
   ]);
 

@@ -8,11 +8,16 @@
  *
  * Client-sent `Impersonate-*` never gets this far: header hygiene removed it, in any spelling,
  * and refused a `Connection:` that names it. meshgate's own are set last, replacing.
+ *
+ * A cluster `via: agent` is reached the same way, with every connection (pooled, or an upgrade's
+ * own) opened through its agent's tunnel instead of dialed (src/forward/agent-tunnels.ts).
  */
+import type { Duplex } from 'node:stream';
 import { createAuthenticator, type Authenticated, type Authenticator } from '../../auth/authenticate.js';
 import type { Identity } from '../../auth/identity.js';
 import type { KubeSettings } from '../../config/schema.js';
 import { MeshgateError } from '../../errors.js';
+import type { AgentTunnels } from '../../forward/agent-tunnels.js';
 import { forwardHttp } from '../../forward/http.js';
 import { openTunnel } from '../../forward/tunnel.js';
 import { createHttpUpstream, type HttpUpstream } from '../../forward/upstream.js';
@@ -45,6 +50,8 @@ interface KubeCluster {
   /** The API server URL's own path (a proxy in front of it), without a trailing "/". */
   readonly basePath: string;
   readonly credential: Credential;
+  /** Reached through its agent's tunnel. */
+  readonly viaAgent: boolean;
 }
 
 export interface KubeState {
@@ -80,7 +87,8 @@ const UPGRADES = new Set(['websocket', 'spdy/3.1']);
 const TUNNEL_SUBRESOURCES = new Set(['exec', 'attach', 'portforward']);
 const VERBS = new Set(['get', 'list', 'watch', 'create', 'update', 'patch', 'delete', 'deletecollection', 'proxy']);
 
-export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
+/** `agents`: the tunnels that clusters `via: agent` are reached through. */
+export function createKubePlane(hooks: KubePlaneHooks = {}, agents?: AgentTunnels): Plane<KubeState> {
   return {
     name: 'kube',
 
@@ -100,8 +108,12 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
           typeof credentials === 'object' && 'cert' in credentials
             ? { cert: tenant.files.text(credentials.cert), key: tenant.files.text(credentials.key) }
             : undefined;
+        const viaAgent = server.via === 'agent';
+        // An agent cluster has no address: its name is the one its certificate is for (the schema requires it).
+        const target = { url: server.url ?? `https://${server.serverName ?? cluster.id}`, ca: server.ca, serverName: server.serverName };
         const inputs = {
           url: server.url,
+          via: server.via,
           serverName: server.serverName,
           ca: server.ca === undefined ? undefined : tenant.files.text(server.ca),
           certificate,
@@ -109,11 +121,13 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         };
         // One pool per cluster: a connection made for one cluster never carries another's request.
         const pool = tenant.resources.use(`kube/${cluster.id}`, inputs, () => {
-          const upstream = createHttpUpstream(server, tenant.files, {
+          const upstream = createHttpUpstream(target, tenant.files, {
             allowLoopback: tenant.allowLoopbackUpstreams,
             clientCertificate: certificate,
             // Watches hold a connection each; the tenant's stream limit bounds them.
             maxSockets: Number.POSITIVE_INFINITY,
+            // Only this tenant's tunnels of this cluster: the key is the tenant's own id.
+            dial: viaAgent ? () => dialAgent(agents, tenant.id, cluster.id) : undefined,
           });
           const longRunning = new Set<Exchange>();
           return {
@@ -128,7 +142,8 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         clusters.set(cluster.id, {
           id: cluster.id,
           pool,
-          basePath: new URL(server.url).pathname.replace(/\/+$/, ''),
+          basePath: new URL(target.url).pathname.replace(/\/+$/, ''),
+          viaAgent,
           credential:
             credentials === 'passthrough'
               ? { kind: 'passthrough' }
@@ -178,6 +193,10 @@ export function createKubePlane(hooks: KubePlaneHooks = {}): Plane<KubeState> {
         state.sameTenant(actor);
         request = parseKubeRequest(exchange.method, route.path, target.query);
         context.rule = state.decide(actor, cluster.id, request);
+        // Said at once, rather than as a failed connection: no agent of the cluster is connected here.
+        if (cluster.viaAgent && agents?.has(tenant, cluster.id) !== true) {
+          throw new MeshgateError('MG_ERR_UPSTREAM_AGENT_UNAVAILABLE', { detail: `cluster ${cluster.id}` });
+        }
         if (exchange.protocol === 'upgrade' && (!TUNNEL_SUBRESOURCES.has(request.subresource) || request.resource !== 'pods')) {
           throw new MeshgateError('MG_ERR_REQUEST_UPGRADE', { message: 'upgrades are for pods exec, attach and portforward only' });
         }
@@ -273,6 +292,11 @@ async function handleView(context: RoutedContext, state: KubeState, view: Contro
     const verb = request?.verb ?? '';
     hooks.onRequest?.(tenant, view.cluster, VERBS.has(verb) ? verb : request?.resourceRequest === false ? 'nonresource' : 'other', code || '0');
   }
+}
+
+function dialAgent(agents: AgentTunnels | undefined, tenant: string, cluster: string): Duplex {
+  if (!agents) throw new MeshgateError('MG_ERR_UPSTREAM_AGENT_UNAVAILABLE', { detail: 'this gateway takes no agents' });
+  return agents.dial(tenant, cluster);
 }
 
 /** `/clusters/acme-east/api/v1/pods` → acme-east and `/api/v1/pods`. The path is already canonical. */
