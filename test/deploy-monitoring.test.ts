@@ -127,8 +127,10 @@ describe('the PrometheusRule', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'meshgate-rules-'));
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-  it('has the alerts issue 13 asks for, each with a severity, a summary and a description', () => {
+  it('has the alerts issues 13 and 14 ask for, each with a severity, a summary and a description', () => {
     expect(rules.map((r) => r.alert).sort()).toEqual([
+      'MeshgateAgentTunnelLost',
+      'MeshgateAgentUnavailable',
       'MeshgateCertificateExpiringSoon',
       'MeshgateCertificateExpiringVerySoon',
       'MeshgateConfigReloadFailing',
@@ -207,6 +209,34 @@ const ALERT_TESTS = [
       ),
       alert('MeshgateIstiodUnavailable', '3m'),
       alert('MeshgateIstiodUnavailable', '10m', { severity: 'critical', tenant: 'beta' }),
+    ],
+  },
+  {
+    // acme's agent cluster: requests refused for want of an agent from minute 10 on (a new series:
+    // the first such refusal), and none after minute 30. beta: served all along.
+    interval: '1m',
+    input_series: [
+      series('meshgate_http_requests_total', { pod: 'meshgate-a', tenant: 'acme', plane: 'kube', outcome: 'MG_ERR_UPSTREAM_AGENT_UNAVAILABLE' }, '_x10 1+2x20 41x40'),
+      series('meshgate_http_requests_total', { pod: 'meshgate-a', tenant: 'beta', plane: 'kube', outcome: 'OK' }, '0+100x70'),
+    ],
+    alert_rule_test: [
+      alert('MeshgateAgentUnavailable', '8m'),
+      alert('MeshgateAgentUnavailable', '20m', { severity: 'warning', tenant: 'acme' }),
+      alert('MeshgateAgentUnavailable', '50m'),
+    ],
+  },
+  {
+    // acme-east's agent is connected to two pods, and lost by both at minute 5; acme-west's by one pod only.
+    interval: '1m',
+    input_series: [
+      series('meshgate_agent_tunnels', { pod: 'meshgate-a', tenant: 'acme', cluster: 'acme-east' }, '1x5 0x30'),
+      series('meshgate_agent_tunnels', { pod: 'meshgate-b', tenant: 'acme', cluster: 'acme-east' }, '2x5 0x30'),
+      series('meshgate_agent_tunnels', { pod: 'meshgate-a', tenant: 'acme', cluster: 'acme-west' }, '1x5 0x30'),
+      series('meshgate_agent_tunnels', { pod: 'meshgate-b', tenant: 'acme', cluster: 'acme-west' }, '1x35'),
+    ],
+    alert_rule_test: [
+      alert('MeshgateAgentTunnelLost', '10m'),
+      alert('MeshgateAgentTunnelLost', '20m', { severity: 'warning', tenant: 'acme', cluster: 'acme-east' }),
     ],
   },
   {
