@@ -97,7 +97,7 @@ function kubectlUntil(
   args: readonly string[],
   pattern: RegExp,
   env: Record<string, string> = {},
-): Promise<{ child: ChildProcessWithoutNullStreams; match: RegExpExecArray; stdout: () => string }> {
+): Promise<{ child: ChildProcessWithoutNullStreams; match: RegExpExecArray; stdout: () => string; stderr: () => string }> {
   const child = spawn(KUBECTL, kubectlArgs(config, args), { env: kubectlEnv(env) });
   // Never outlive the test, whatever happens to it.
   setTimeout(() => child.kill(), 25_000).unref();
@@ -108,7 +108,7 @@ function kubectlUntil(
     child.stdout.on('data', (chunk: Buffer) => {
       stdout += chunk.toString();
       const match = pattern.exec(stdout);
-      if (match) resolve({ child, match, stdout: () => stdout });
+      if (match) resolve({ child, match, stdout: () => stdout, stderr: () => stderr });
     });
     child.on('exit', (code) => reject(new Error(`kubectl exited (${code}) before ${pattern}: ${stdout} ${stderr}`)));
   });
@@ -221,9 +221,10 @@ describe('kubectl against the stand-in kube-apiserver', () => {
     ['SPDY/3.1', { KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false' }, 'SPDY/3.1'],
   ])('port-forwards over %s', async (_name, env, upgrade) => {
     const before = standIn.requests.length;
-    const { child, match } = await kubectlUntil(
+    const { child, match, stderr } = await kubectlUntil(
       tokenConfig,
-      ['port-forward', '-n', 'bookinfo', `pod/${podNamed('productpage-v1')}`, ':9080'],
+      // -v=6: kubectl says when a WebSocket upgrade failed and it fell back to SPDY.
+      ['port-forward', '-v=6', '-n', 'bookinfo', `pod/${podNamed('productpage-v1')}`, ':9080'],
       /Forwarding from 127\.0\.0\.1:(\d+) -> 9080/,
       env,
     );
@@ -237,6 +238,8 @@ describe('kubectl against the stand-in kube-apiserver', () => {
       child.kill();
     }
     expect(standIn.requests.slice(before).find((r) => r.url.includes('/portforward'))?.upgrade).toBe(upgrade);
+    // The WebSocket was accepted, not refused and quietly replaced by SPDY.
+    expect(stderr()).not.toMatch(/fallback to secondary dialer/);
   });
 
   it('tells who the token is', async () => {

@@ -308,7 +308,17 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
     } else if (!store.get('pods', target.namespace, target.pod)) {
       rejectUpgrade(socket, new RequestError(404, notFound('pods', target.pod)));
     } else if (isWebSocket) {
-      wss.handleUpgrade(req, socket, head, (ws) => serveWebSocket(ws, target));
+      // Chosen here, not by ws: ws refuses `SPDY/3.1+portforward.k8s.io` as a subprotocol ("/" is
+      // not a token character), which kubectl sends and the API server accepts. The answer goes
+      // out through the 'headers' event.
+      const offered = String(req.headers['sec-websocket-protocol'] ?? '')
+        .split(',')
+        .map((p) => p.trim())
+        .filter((p) => p !== '');
+      const chosen = chooseWebSocketProtocol(target.kind, offered);
+      delete req.headers['sec-websocket-protocol'];
+      if (chosen !== false) chosenProtocols.set(req, chosen);
+      wss.handleUpgrade(req, socket, head, (ws) => serveWebSocket(ws, target, chosen === false ? '' : chosen));
     } else if (protocol.toLowerCase() === 'spdy/3.1') {
       serveSpdy(req, socket, head, target);
     } else {
@@ -316,10 +326,11 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
     }
   };
 
-  const wss = new WebSocketServer({
-    noServer: true,
-    maxPayload: 32 * 1024 * 1024,
-    handleProtocols: (offered, request) => chooseWebSocketProtocol(streamTargetOf(request.url)?.kind ?? 'exec', offered),
+  const chosenProtocols = new WeakMap<IncomingMessage, string>();
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 32 * 1024 * 1024 });
+  wss.on('headers', (headers: string[], request: IncomingMessage) => {
+    const chosen = chosenProtocols.get(request);
+    if (chosen !== undefined) headers.push(`Sec-WebSocket-Protocol: ${chosen}`);
   });
   // HTTP/2 and HTTP/1.1 on one port, as kube-apiserver offers them (upgrades are HTTP/1.1).
   const server = createSecureServer(

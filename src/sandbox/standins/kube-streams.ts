@@ -71,10 +71,10 @@ export function serveSpdy(req: IncomingMessage, socket: Duplex, head: Buffer, ta
   if (head.length > 0) session.receive(head);
 }
 
-/** Serves an accepted WebSocket whose subprotocol came from chooseWebSocketProtocol. */
-export function serveWebSocket(ws: WebSocket, target: StreamTarget): void {
+/** Serves an accepted WebSocket whose subprotocol (`protocol`) came from chooseWebSocketProtocol. */
+export function serveWebSocket(ws: WebSocket, target: StreamTarget, protocol: string): void {
   ws.on('error', () => ws.terminate());
-  if (ws.protocol === TUNNELLED_PORT_FORWARD) {
+  if (protocol === TUNNELLED_PORT_FORWARD) {
     const session = createSpdyServerSession(
       { write: (bytes) => ws.send(bytes, { binary: true }), end: () => ws.close(1000) },
       streamHandler(target, 'portforward.k8s.io'),
@@ -84,7 +84,7 @@ export function serveWebSocket(ws: WebSocket, target: StreamTarget): void {
   } else if (target.kind === 'portforward') {
     portForwardChannels(ws, target);
   } else {
-    execChannels(ws, target);
+    execChannels(ws, target, protocol);
   }
 }
 
@@ -200,8 +200,7 @@ function portForwardStreams(): (stream: SpdyStream) => void {
 }
 
 /** Exec and attach over the WebSocket channel protocols: one byte of channel, then the data. */
-function execChannels(ws: WebSocket, target: StreamTarget): void {
-  const protocol = ws.protocol;
+function execChannels(ws: WebSocket, target: StreamTarget, protocol: string): void {
   const stdin = isTrue(target.query, 'stdin') ? new PassThrough() : undefined;
   const send = (channel: number, data: Buffer): void => {
     if (ws.readyState === ws.OPEN) ws.send(Buffer.concat([Buffer.from([channel]), data]), { binary: true });

@@ -72,8 +72,16 @@ export function servePortForward(exchange: UpgradeExchange, forward: ViewForward
       refuse(exchange, 400, `a WebSocket port-forward to the istiod view speaks ${TUNNELLED_PORT_FORWARD}; offered: ${offered.join(', ').slice(0, 200)}`);
       return closed.then(() => ({ status: 400 }));
     }
-    const server = new WebSocketServer({ noServer: true, handleProtocols: () => TUNNELLED_PORT_FORWARD, maxPayload: MAX_FRAME_BYTES + 8 });
-    // The bearer in Sec-WebSocket-Protocol was taken out before; the handshake needs the request as sent.
+    const server = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES + 8, perMessageDeflate: false });
+    // A handshake ws cannot take (a bad key or version) is refused here, as any refusal.
+    server.on('wsClientError', (err: Error) => refuse(exchange, 400, `not a valid WebSocket handshake: ${err.message}`));
+    // ws refuses `SPDY/3.1+portforward.k8s.io` as a subprotocol ("/" is not a token character,
+    // RFC 6455 §4.1), and Kubernetes sends it all the same: it was checked above, and is answered
+    // here, with ws never reading it.
+    delete exchange.req.headers['sec-websocket-protocol'];
+    server.on('headers', (headers: string[]) => headers.push(`Sec-WebSocket-Protocol: ${TUNNELLED_PORT_FORWARD}`));
+    // Header hygiene removed Upgrade (hop-by-hop) before routing; ws reads it again.
+    exchange.req.headers.upgrade = exchange.upgrade;
     server.handleUpgrade(exchange.req, socket, exchange.head, (ws: WebSocket) => {
       opened();
       const session = createSpdyServerSession(
