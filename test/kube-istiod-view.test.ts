@@ -10,7 +10,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -309,6 +309,17 @@ describe('port-forwarding to istiod', () => {
       expect(await answer(`http://127.0.0.1:${debug}/debug/%2e%2e/metrics`)).toEqual({ status: 403, code: 'MG_ERR_AUTHZ_DEBUG_ENDPOINT' });
       expect(await answer(`http://127.0.0.1:${ready}/debug/syncz`)).toEqual({ status: 403, code: 'MG_ERR_AUTHZ_DEBUG_ENDPOINT' });
       expect(drainIstiodRequests(sandbox).get('acme')).toEqual([]);
+
+      // One request per forwarded connection, as Kiali sends: 500 pipelined GETs reach istiod once.
+      const pipelined = await new Promise<string>((resolve, reject) => {
+        const socket = connect(debug ?? 0, '127.0.0.1', () => socket.write('GET /version HTTP/1.1\r\nHost: istiod\r\n\r\n'.repeat(500)));
+        let got = '';
+        socket.on('data', (c: Buffer) => (got += c.toString()));
+        socket.on('close', () => resolve(got));
+        socket.on('error', reject);
+      });
+      expect(pipelined).toMatch(/^HTTP\/1\.1 200 /);
+      expect(drainIstiodRequests(sandbox).get('acme')?.map((r) => r.url)).toEqual(['/version']);
     } finally {
       child.kill();
     }

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { constants, createDeflate, createInflate, type Deflate, type Inflate } from 'node:zlib';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { SPDY_DICTIONARY, createSpdyServerSession, type SpdySessionOptions, type SpdyStream } from './spdy.js';
 
 interface Frame {
@@ -43,6 +43,7 @@ function startClient(options: SpdySessionOptions = {}, onStream: (stream: SpdySt
     {
       write: (bytes) => {
         written = Buffer.concat([written, bytes]);
+        return true;
       },
       end: () => {
         ended = true;
@@ -178,6 +179,46 @@ describe('SPDY/3.1 server session', () => {
     await settle();
     const rst = (await client.frames()).find((f) => f.type === 3);
     expect(rst && [rst.payload.readUInt32BE(0), rst.payload.readUInt32BE(4)]).toEqual([3, 3]);
+  });
+
+  it('resets a stream whose unread data passes its bound, and keeps the session', async () => {
+    const client = startClient({ maxStreamBufferBytes: 64 * 1024 }, () => undefined);
+    client.session.receive(await client.synStream(1, {}));
+    await vi.waitFor(async () => expect((await client.frames()).some((f) => f.type === 2)).toBe(true));
+    client.session.receive(client.data(1, Buffer.alloc(40 * 1024)));
+    client.session.receive(client.data(1, Buffer.alloc(40 * 1024)));
+    const rst = (await client.frames()).find((f) => f.type === 3);
+    expect(rst && [rst.payload.readUInt32BE(0), rst.payload.readUInt32BE(4)]).toEqual([1, 5]);
+    expect(client.session.closed).toBe(false);
+  });
+
+  it('holds a writer back while its carrier is full, until the carrier drains', async () => {
+    let room = false;
+    let written = 0;
+    let stream: SpdyStream | undefined;
+    const session = createSpdyServerSession(
+      {
+        write: (bytes) => {
+          written += bytes.length;
+          return room;
+        },
+        end: () => undefined,
+      },
+      (s) => (stream = s),
+    );
+    const client = startClient();
+    session.receive(await client.synStream(1, {}));
+    await vi.waitFor(() => expect(stream).toBeDefined());
+    await vi.waitFor(() => expect(written).toBeGreaterThan(0));
+    let accepted = 0;
+    stream?.write(Buffer.alloc(1000), () => accepted++);
+    stream?.write(Buffer.alloc(1000), () => accepted++);
+    await new Promise((r) => setImmediate(r));
+    // The first frame went to the carrier, which said it was full: nothing more is taken.
+    expect(accepted).toBe(0);
+    room = true;
+    session.drained();
+    await vi.waitFor(() => expect(accepted).toBe(2));
   });
 
   it.each([

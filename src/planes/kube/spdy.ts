@@ -23,13 +23,16 @@ import { SpdyProtocolError, createHeaderContext, decodeHeaderBlock, encodeHeader
 export { SPDY_DICTIONARY } from './spdy-headers.js';
 
 export interface SpdyTransport {
-  write(bytes: Buffer): void;
+  /** Writes bytes; false when the carrier is full, and the session waits for `drained()`. */
+  write(bytes: Buffer): boolean;
   end(): void;
 }
 
 export interface SpdySession {
   /** Feeds bytes read from the transport; frames are handled in order. */
   receive(bytes: Buffer): void;
+  /** The carrier took what it had: streams that waited to write go on. */
+  drained(): void;
   /** Destroys every stream and ends the transport (idempotent). */
   close(): void;
   readonly closed: boolean;
@@ -40,6 +43,8 @@ export interface SpdySessionOptions {
   readonly maxFrameBytes?: number;
   /** Streams open at once; default 1,000. */
   readonly maxStreams?: number;
+  /** Bytes a stream may hold unread; more resets it (the client ignored that nobody reads). Default 16 MiB. */
+  readonly maxStreamBufferBytes?: number;
 }
 
 const FrameType = { synStream: 1, synReply: 2, rstStream: 3, settings: 4, ping: 6, goAway: 7, headers: 8, windowUpdate: 9 } as const;
@@ -72,8 +77,9 @@ export class SpdyStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    this.sink.data(this.id, chunk, false);
-    callback();
+    // A carrier that is full holds the writer back: a peer that does not read gets no more.
+    if (this.sink.data(this.id, chunk, false)) callback();
+    else this.sink.whenDrained(() => callback());
   }
 
   override _final(callback: (error?: Error | null) => void): void {
@@ -93,7 +99,10 @@ export class SpdyStream extends Duplex {
 }
 
 interface StreamSink {
-  data(id: number, bytes: Buffer, fin: boolean): void;
+  /** Sends data frames; false when the carrier is full (the frames were still written). */
+  data(id: number, bytes: Buffer, fin: boolean): boolean;
+  /** Calls `go` once the carrier has room again (or the session closed). */
+  whenDrained(go: () => void): void;
   /** The stream was destroyed: forget it, resetting it if it was still open. */
   forget(id: number): void;
 }
@@ -112,6 +121,15 @@ export function createSpdyServerSession(
 ): SpdySession {
   const maxFrameBytes = Math.min(options.maxFrameBytes ?? MAX_FRAME_BYTES, MAX_FRAME_BYTES);
   const maxStreams = options.maxStreams ?? MAX_STREAMS;
+  const maxStreamBuffer = options.maxStreamBufferBytes ?? MAX_FRAME_BYTES;
+  let full = false;
+  let waiting: (() => void)[] = [];
+  const release = (): void => {
+    full = false;
+    const go = waiting;
+    waiting = [];
+    for (const next of go) next();
+  };
   const inflate = createHeaderContext('inflate');
   const deflate = createHeaderContext('deflate');
   const streams = new Map<number, StreamState>();
@@ -127,8 +145,9 @@ export function createSpdyServerSession(
 
   const write = (frame: Buffer): void => {
     if (closed) return;
-    if (queued === 0) transport.write(frame);
-    else enqueue(() => frame);
+    if (queued === 0) {
+      if (!transport.write(frame)) full = true;
+    } else enqueue(() => frame);
   };
   const enqueue = (make: () => Buffer | Promise<Buffer>): void => {
     queued++;
@@ -145,9 +164,13 @@ export function createSpdyServerSession(
   };
 
   const sink: StreamSink = {
+    whenDrained(go) {
+      if (closed || !full) go();
+      else waiting.push(go);
+    },
     data(id, bytes, fin) {
       const state = streams.get(id);
-      if (closed || !state || state.localDone) return;
+      if (closed || !state || state.localDone) return true;
       for (let offset = 0; offset < bytes.length; offset += DATA_CHUNK) {
         const end = Math.min(offset + DATA_CHUNK, bytes.length);
         write(dataFrame(id, bytes.subarray(offset, end), fin && end === bytes.length));
@@ -157,6 +180,7 @@ export function createSpdyServerSession(
         state.localDone = true;
         settle(state);
       }
+      return !full;
     },
     forget(id) {
       const state = streams.get(id);
@@ -185,6 +209,7 @@ export function createSpdyServerSession(
     inflate.close();
     deflate.close();
     inbox = [];
+    release();
     transport.end();
   };
 
@@ -305,6 +330,13 @@ export function createSpdyServerSession(
     const state = streams.get(id);
     if (state && !state.remoteDone) {
       if (payload.length > 0) state.stream.push(payload);
+      // Data nobody reads is bounded per stream: past the bound, the stream is reset.
+      if (state.stream.readableLength > maxStreamBuffer) {
+        state.localDone = state.remoteDone = true;
+        state.stream.destroy();
+        write(rstStream(id, RstStatus.cancel));
+        return;
+      }
       state.unacked += payload.length;
       if ((flags & FLAG_FIN) !== 0) remoteFinished(state);
       else if (state.unacked >= WINDOW_CREDIT_AT) {
@@ -339,6 +371,7 @@ export function createSpdyServerSession(
       if (!decoding) pump();
     },
     close,
+    drained: release,
     get closed() {
       return closed;
     },

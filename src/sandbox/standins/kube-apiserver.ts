@@ -311,7 +311,7 @@ export async function startKubeApiServerStandIn(options: KubeApiServerOptions): 
       // Chosen here, not by ws: ws refuses `SPDY/3.1+portforward.k8s.io` as a subprotocol ("/" is
       // not a token character), which kubectl sends and the API server accepts. The answer goes
       // out through the 'headers' event.
-      const offered = String(req.headers['sec-websocket-protocol'] ?? '')
+      const offered = (req.headers['sec-websocket-protocol'] ?? '')
         .split(',')
         .map((p) => p.trim())
         .filter((p) => p !== '');

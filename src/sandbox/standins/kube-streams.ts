@@ -59,12 +59,11 @@ export function serveSpdy(req: IncomingMessage, socket: Duplex, head: Buffer, ta
   const version = offered.length === 0 ? '' : `X-Stream-Protocol-Version: ${protocol}\r\n`;
   socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n${version}\r\n`);
   const transport: SpdyTransport = {
-    write: (bytes) => {
-      if (socket.writable) socket.write(bytes);
-    },
+    write: (bytes) => !socket.writable || socket.write(bytes),
     end: () => socket.end(),
   };
   const session = createSpdyServerSession(transport, streamHandler(target, protocol));
+  socket.on('drain', () => session.drained());
   socket.on('data', (chunk: Buffer) => session.receive(chunk));
   socket.on('close', () => session.close());
   socket.on('end', () => session.close());
@@ -76,7 +75,13 @@ export function serveWebSocket(ws: WebSocket, target: StreamTarget, protocol: st
   ws.on('error', () => ws.terminate());
   if (protocol === TUNNELLED_PORT_FORWARD) {
     const session = createSpdyServerSession(
-      { write: (bytes) => ws.send(bytes, { binary: true }), end: () => ws.close(1000) },
+      {
+        write: (bytes) => {
+          ws.send(bytes, { binary: true });
+          return true;
+        },
+        end: () => ws.close(1000),
+      },
       streamHandler(target, 'portforward.k8s.io'),
     );
     ws.on('message', (data) => session.receive(toBuffer(data)));

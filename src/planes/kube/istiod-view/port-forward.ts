@@ -23,7 +23,7 @@ import { renderHttpError } from '../../../http/render.js';
 import { endRawResponse } from '../../../http/raw-response.js';
 import { createH1Exchange, type UpgradeExchange } from '../../../listener/exchange.js';
 import { checkDebugEndpoint, debugEndpoint } from '../../debug/endpoints.js';
-import { createSpdyServerSession, type SpdyStream, type SpdyTransport } from '../spdy.js';
+import { createSpdyServerSession, type SpdySession, type SpdyStream, type SpdyTransport } from '../spdy.js';
 import { MONITORING_PORT, READY_PORT } from './objects.js';
 
 const PORT_FORWARD_PROTOCOL = 'portforward.k8s.io';
@@ -34,6 +34,12 @@ const MAX_FRAME_BYTES = 1024 * 1024;
 const MAX_STREAMS = 64;
 /** How long a forwarded connection may take to send its request head. */
 const HEADERS_TIMEOUT_MS = 10_000;
+/**
+ * A forwarded connection holds what its one request needs, and no more: bytes beyond 64 KiB that
+ * nobody reads reset it. Answers wait while the carrier holds 1 MiB the client has not taken.
+ */
+const SESSION_LIMITS = { maxFrameBytes: MAX_FRAME_BYTES, maxStreams: MAX_STREAMS, maxStreamBufferBytes: 64 * 1024 };
+const CARRIER_HIGH_WATER = 1024 * 1024;
 
 export interface ViewForward {
   readonly upstream: HttpUpstream;
@@ -84,10 +90,20 @@ export function servePortForward(exchange: UpgradeExchange, forward: ViewForward
     exchange.req.headers.upgrade = exchange.upgrade;
     server.handleUpgrade(exchange.req, socket, exchange.head, (ws: WebSocket) => {
       opened();
-      const session = createSpdyServerSession(
-        { write: (bytes) => ws.readyState === ws.OPEN && ws.send(bytes, { binary: true }), end: () => ws.close(1000) },
+      const session: SpdySession = createSpdyServerSession(
+        {
+          write: (bytes) => {
+            if (ws.readyState !== ws.OPEN) return true;
+            // Sent to the socket, ws calls back: that is when a full carrier has room again.
+            ws.send(bytes, { binary: true }, () => {
+              if (ws.bufferedAmount < CARRIER_HIGH_WATER) session.drained();
+            });
+            return ws.bufferedAmount < CARRIER_HIGH_WATER;
+          },
+          end: () => ws.close(1000),
+        },
         onStream,
-        { maxFrameBytes: MAX_FRAME_BYTES, maxStreams: MAX_STREAMS },
+        SESSION_LIMITS,
       );
       ws.on('message', (data: RawData) => session.receive(toBuffer(data)));
       ws.on('close', () => session.close());
@@ -108,12 +124,11 @@ export function servePortForward(exchange: UpgradeExchange, forward: ViewForward
   socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: ${PORT_FORWARD_PROTOCOL}\r\n\r\n`);
   opened();
   const transport: SpdyTransport = {
-    write: (bytes) => {
-      if (socket.writable) socket.write(bytes);
-    },
+    write: (bytes) => !socket.writable || socket.write(bytes),
     end: () => socket.end(),
   };
-  const session = createSpdyServerSession(transport, onStream, { maxFrameBytes: MAX_FRAME_BYTES, maxStreams: MAX_STREAMS });
+  const session = createSpdyServerSession(transport, onStream, SESSION_LIMITS);
+  socket.on('drain', () => session.drained());
   socket.on('data', (chunk: Buffer) => session.receive(chunk));
   socket.on('end', () => session.close());
   socket.on('close', () => session.close());
@@ -132,10 +147,15 @@ function refuse(exchange: UpgradeExchange, status: number, message: string, head
  */
 function connectionHandler(forward: ViewForward): (stream: SpdyStream) => void {
   const errors = new Map<string, SpdyStream>();
+  // One request per forwarded connection, as Kiali sends: pipelined ones after it are not forwarded.
   const server = createServer({ requestTimeout: forward.timeoutMs, headersTimeout: HEADERS_TIMEOUT_MS, maxHeaderSize: 16 * 1024 }, (req, res) => {
-    const port = (req.socket as Duplex & { viewPort?: number }).viewPort ?? 0;
-    void serveForwarded(forward, port, req, res);
+    const stream = req.socket as Duplex & { viewPort?: number };
+    // The connection ends with its one answer (Node ends only sockets of its own on "close").
+    res.shouldKeepAlive = false;
+    res.once('close', () => stream.end());
+    void serveForwarded(forward, stream.viewPort ?? 0, req, res);
   });
+  server.maxRequestsPerSocket = 1;
   return (stream) => {
     const requestId = stream.headers.requestid ?? '';
     const type = stream.headers.streamtype;
