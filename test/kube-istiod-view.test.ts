@@ -106,6 +106,32 @@ function portForward(config: string, ports: readonly number[], env: Record<strin
 let pod = '';
 const podName = (): string => pod;
 
+/** The status and code of a SPDY port-forward upgrade to acme's view pod that meshgate refuses. */
+function upgradeStatus(port: number, token: string): Promise<{ status: number; code: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest({
+      host: '127.0.0.1',
+      port,
+      servername: acme().host,
+      ca: caPem(),
+      method: 'POST',
+      path: `/clusters/acme-istiod/api/v1/namespaces/istio-system/pods/${podName()}/portforward`,
+      headers: { host: acme().host, authorization: `Bearer ${token}`, connection: 'Upgrade', upgrade: 'SPDY/3.1', 'x-stream-protocol-version': 'portforward.k8s.io' },
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve({ status: res.statusCode ?? 0, code: '' });
+    });
+    req.on('response', (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, code: (JSON.parse(body) as { details: { causes: { reason: string }[] } }).details.causes[0]?.reason ?? '' }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 /** Waits until `check` passes (or throws its last failure after 10 s). */
 async function eventually(check: () => Promise<void> | void): Promise<void> {
   const until = Date.now() + 10_000;
@@ -205,6 +231,34 @@ describe('what Kiali looks for', () => {
     expect(await kubectlFails(config, ['get', 'pod', '-n', 'istio-system', 'istiod-elsewhere'])).toMatch(/NotFound.*pods "istiod-elsewhere" not found/);
     expect(await kubectlFails(config, ['get', 'pods', '-n', 'istio-system', '-l', 'app in (istiod'])).toMatch(/MG_ERR_REQUEST_MALFORMED/);
     expect(await kubectlFails(config, ['get', 'pods', '-A', '--field-selector', 'status.phase=Running'])).toMatch(/MG_ERR_REQUEST_MALFORMED/);
+
+    // SelfSubjectAccessReviews that are not one.
+    const review = (body: string): Promise<{ status: number; code: string }> =>
+      new Promise((resolve, reject) => {
+        const req = httpsRequest(
+          {
+            host: '127.0.0.1',
+            port: sandbox.info.listeners.api.port,
+            servername: acme().host,
+            ca: caPem(),
+            cert: readFileSync(acme().clientCert),
+            key: readFileSync(acme().clientKey),
+            method: 'POST',
+            path: '/clusters/acme-istiod/apis/authorization.k8s.io/v1/selfsubjectaccessreviews',
+            headers: { host: acme().host, 'content-type': 'application/json' },
+          },
+          (res) => {
+            let text = '';
+            res.on('data', (c: Buffer) => (text += c.toString()));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, code: (JSON.parse(text) as { details?: { causes?: { reason: string }[] } }).details?.causes?.[0]?.reason ?? '' }));
+          },
+        );
+        req.on('error', reject);
+        req.end(body);
+      });
+    for (const body of ['null', '{"spec": 3}', '{"spec": {"resourceAttributes": {"namespace": {"a": 1}, "verb": "get", "resource": "pods"}}}', 'not json']) {
+      expect(await review(body), body).toEqual({ status: 400, code: 'MG_ERR_REQUEST_MALFORMED' });
+    }
   });
 });
 
@@ -320,6 +374,19 @@ describe('port-forwarding to istiod', () => {
       });
       expect(pipelined).toMatch(/^HTTP\/1\.1 200 /);
       expect(drainIstiodRequests(sandbox).get('acme')?.map((r) => r.url)).toEqual(['/version']);
+
+      // A path is checked as sent: dot segments, encoded ones, backslashes and absolute URIs are refused, not cleaned up.
+      for (const target of ['/debug/syncz/../config_dump', '/debug/%2e%2e/config_dump', '/debug\\syncz', 'http://istiod/debug/syncz']) {
+        const raw = await new Promise<string>((resolve, reject) => {
+          const socket = connect(debug ?? 0, '127.0.0.1', () => socket.write(`GET ${target} HTTP/1.1\r\nHost: istiod\r\n\r\n`));
+          let got = '';
+          socket.on('data', (c: Buffer) => (got += c.toString()));
+          socket.on('close', () => resolve(got));
+          socket.on('error', reject);
+        });
+        expect(raw, target).toMatch(/^HTTP\/1\.1 400 [\s\S]*"code":"MG_ERR_REQUEST_PATH_NOT_CANONICAL"/);
+      }
+      expect(drainIstiodRequests(sandbox).get('acme')).toEqual([]);
     } finally {
       child.kill();
     }
@@ -555,6 +622,40 @@ describe('isolation', () => {
       pod = acmePods.trim().replace(/^pod\//, '');
     }
   });
+
+  it("never port-forwards for kiali-readonly alone: the kube rules must grant the port-forward itself", async () => {
+    const gateway = await startGatewayFrom(sandbox, (config) => {
+      for (const tenant of config.tenants as Record<string, any>[]) {
+        if (tenant.id === 'acme') tenant.access.kube = (tenant.access.kube as Record<string, any>[]).filter((rule) => rule.cluster !== 'acme-istiod');
+      }
+    });
+    try {
+      const config = viewKubeconfig({ token: await kialiToken(), port: gateway.port('api') });
+      expect((await kubectl(config, ['get', 'pods', '-n', 'istio-system', '-o', 'name'])).stdout.trim()).toBe(`pod/${podName()}`);
+      const asked = await kubectl(config, ['auth', 'can-i', 'create', 'pods', '--subresource=portforward', '-n', 'istio-system']).catch((e: unknown) => e as { stdout: string });
+      expect(asked.stdout.trim()).toMatch(/^no/);
+      const refused = await upgradeStatus(gateway.port('api'), await kialiToken());
+      expect(refused).toEqual({ status: 403, code: 'MG_ERR_KUBE_FORBIDDEN' });
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  it('ends a port-forward when the credential that opened it expires', async () => {
+    const issuer = sandbox.issuers.get('acme-east');
+    if (!issuer) throw new Error('no acme-east issuer');
+    const shortLived = await issuer.mint({ namespace: 'istio-system', serviceAccount: 'kiali', audience: issuer.issuer, lifetimeSeconds: 3 });
+    const config = viewKubeconfig({ token: shortLived });
+    const forward = await portForward(config, [15014], { KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false' });
+    try {
+      expect((await fetch(`http://127.0.0.1:${forward.local[0]}/version`)).status).toBe(200);
+      // The tunnel is cut at the token's expiry: kubectl reports the lost connection and exits.
+      await new Promise<void>((resolve) => forward.child.once('exit', () => resolve()));
+      expect(forward.output()).toMatch(/lost connection to pod|an error occurred forwarding|EOF/i);
+    } finally {
+      forward.child.kill();
+    }
+  }, 30_000);
 
   it('port-forwards only for callers the debug rules admit, though the kube rules let them read', async () => {
     const gateway = await startGatewayFrom(sandbox, (config) => {

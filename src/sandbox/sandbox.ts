@@ -235,6 +235,12 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
           // istiod's remote secret, and Kiali: the ready-made profiles (plus `kubectl auth whoami`).
           { subject: 'system:serviceaccount:istio-system:istiod', profiles: ['istiod'], allow: [WHOAMI] },
           { subject: 'system:serviceaccount:istio-system:kiali', profiles: ['kiali-readonly'] },
+          // Kiali's port-forward to istiod in the control-plane view (no profile grants one).
+          {
+            subject: 'system:serviceaccount:istio-system:kiali',
+            cluster: viewOf(tenant.id),
+            allow: [{ verbs: ['create'], apiGroups: [''], resources: ['pods/portforward'], namespaces: ['istio-system'] }],
+          },
           // The tenant's operators, by client certificate: anything but secrets.
           {
             method: 'clientCertificate',

@@ -280,6 +280,11 @@ async function handleView(context: RoutedContext, state: KubeState, view: Contro
     const actor = viewActor(authenticated);
     state.sameTenant(actor);
     request = parseKubeRequest(exchange.method, path, target.query);
+    // A port-forward or a watch outlives no credential it was opened with, as on a cluster.
+    if (exchange.protocol === 'upgrade' || isLongRunning(request, target.query)) {
+      const cut = endAtExpiry(exchange, viewCredentialExpiry(authenticated), context);
+      exchange.onClose(() => clearTimeout(cut));
+    }
     await handleViewRequest(context, view, actor, request, state.decide, {
       onTunnel: (protocol, delta) => hooks.onTunnel?.(tenant, view.cluster, protocol, delta),
       onForward: (port, endpoint, status) => hooks.onViewForward?.(tenant, port, endpoint, status),
@@ -341,10 +346,21 @@ function actorOf(authenticated: Authenticated, cluster: KubeCluster): Identity {
   return identity;
 }
 
+type Expiry = { at: number; code: 'MG_ERR_AUTHN_TOKEN_EXPIRED' | 'MG_ERR_AUTHN_CLIENT_CERT_INVALID' } | undefined;
+
 /** When the credential that opened a long-running request expires: the token forwarded or vouched for, and the certificate. */
-function credentialExpiry(authenticated: Authenticated, cluster: KubeCluster): { at: number; code: 'MG_ERR_AUTHN_TOKEN_EXPIRED' | 'MG_ERR_AUTHN_CLIENT_CERT_INVALID' } | undefined {
-  const token = authenticated.bearer?.identity.expiresAt;
+function credentialExpiry(authenticated: Authenticated, cluster: KubeCluster): Expiry {
   const certificate = authenticated.identity.method === 'clientCertificate' && cluster.credential.kind !== 'passthrough' ? authenticated.identity.expiresAt : undefined;
+  return earlierExpiry(authenticated.bearer?.identity.expiresAt, certificate);
+}
+
+/** The same for a request to the control-plane view, where every credential counts. */
+function viewCredentialExpiry(authenticated: Authenticated): Expiry {
+  const certificate = authenticated.identity.method === 'clientCertificate' ? authenticated.identity.expiresAt : undefined;
+  return earlierExpiry(authenticated.bearer?.identity.expiresAt, certificate);
+}
+
+function earlierExpiry(token: number | undefined, certificate: number | undefined): Expiry {
   if (token !== undefined && (certificate === undefined || token <= certificate)) return { at: token, code: 'MG_ERR_AUTHN_TOKEN_EXPIRED' };
   return certificate === undefined ? undefined : { at: certificate, code: 'MG_ERR_AUTHN_CLIENT_CERT_INVALID' };
 }
@@ -353,7 +369,7 @@ function credentialExpiry(authenticated: Authenticated, cluster: KubeCluster): {
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Cuts the exchange off (never a clean end) when the credential expires; the timer, to clear. */
-function endAtExpiry(exchange: Exchange, expiry: ReturnType<typeof credentialExpiry>, context: { error?: MeshgateError }): NodeJS.Timeout | undefined {
+function endAtExpiry(exchange: Exchange, expiry: Expiry, context: { error?: MeshgateError }): NodeJS.Timeout | undefined {
   if (expiry === undefined) return undefined;
   const remaining = expiry.at - Date.now();
   if (remaining > MAX_TIMER_MS) return undefined;

@@ -156,6 +156,11 @@ export async function startMeshgate(
           kube: [
             { subject: `system:serviceaccount:${tenant.namespace}:istiod`, profiles: ['istiod'] },
             { subject: 'system:serviceaccount:kiali:kiali', profiles: ['kiali-readonly'] },
+            {
+              subject: 'system:serviceaccount:kiali:kiali',
+              cluster: `${tenant.id}-istiod`,
+              allow: [{ verbs: ['create'], apiGroups: [''], resources: ['pods/portforward'], namespaces: ['istio-system'] }],
+            },
           ],
           debug: [{ subject: 'system:serviceaccount:kiali:kiali' }],
         },

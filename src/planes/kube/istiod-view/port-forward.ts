@@ -19,6 +19,7 @@ import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { MeshgateError } from '../../../errors.js';
 import { forwardHttp } from '../../../forward/http.js';
 import type { HttpUpstream } from '../../../forward/upstream.js';
+import { parseRequestTarget } from '../../../http/canonical-path.js';
 import { renderHttpError } from '../../../http/render.js';
 import { endRawResponse } from '../../../http/raw-response.js';
 import { createH1Exchange, type UpgradeExchange } from '../../../listener/exchange.js';
@@ -189,7 +190,6 @@ function connectionHandler(forward: ViewForward): (stream: SpdyStream) => void {
 
 async function serveForwarded(forward: ViewForward, port: number, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const exchange = createH1Exchange('kube-view', req, res);
-  const url = new URL(req.url ?? '/', 'http://istiod');
   // A metric label: only ever an endpoint that was allowed, never a path the caller chose.
   let endpoint = 'refused';
   try {
@@ -197,17 +197,19 @@ async function serveForwarded(forward: ViewForward, port: number, req: IncomingM
       throw new MeshgateError('MG_ERR_REQUEST_METHOD_NOT_ALLOWED', { message: 'istiod is read through the view with GET only', headers: { allow: 'GET, HEAD' } });
     }
     if (exchange.hasBody) throw new MeshgateError('MG_ERR_REQUEST_BODY_UNEXPECTED', { message: 'debug requests take no body' });
+    // The path as sent, checked canonical: what is checked is what istiod is asked, never a cleaned-up spelling.
+    const target = parseRequestTarget(req.url ?? '');
     let path: string;
     if (port === READY_PORT) {
-      if (url.pathname !== '/ready') throw new MeshgateError('MG_ERR_AUTHZ_DEBUG_ENDPOINT', { message: `port ${READY_PORT} of the istiod view answers /ready only` });
+      if (target.path !== '/ready') throw new MeshgateError('MG_ERR_AUTHZ_DEBUG_ENDPOINT', { message: `port ${READY_PORT} of the istiod view answers /ready only` });
       // Ready is whether istiod's debug port answers; its version is the cheapest question.
       endpoint = '/ready';
       path = '/version';
     } else {
-      const name = debugEndpoint(url.pathname);
-      checkDebugEndpoint(name, url.search.slice(1), forward.endpoints, url.pathname);
+      const name = debugEndpoint(target.path);
+      checkDebugEndpoint(name, target.query, forward.endpoints, target.path);
       endpoint = name === 'version' ? '/version' : `/debug/${name ?? ''}`;
-      path = `${url.pathname}${url.search}`;
+      path = target.query === undefined ? target.path : `${target.path}?${target.query}`;
     }
     const result = await forwardHttp(exchange, {
       upstream: forward.upstream,

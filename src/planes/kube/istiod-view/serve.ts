@@ -173,8 +173,8 @@ async function answerReview(context: ViewRequestContext): Promise<void> {
   } catch {
     throw new MeshgateError('MG_ERR_REQUEST_MALFORMED', { message: 'a SelfSubjectAccessReview must be JSON or Kubernetes protobuf' });
   }
-  const resource = review.spec?.resourceAttributes;
-  const nonResource = review.spec?.nonResourceAttributes;
+  const resource = attributes(review, 'resourceAttributes');
+  const nonResource = attributes(review, 'nonResourceAttributes');
   if (!resource && !nonResource) throw new MeshgateError('MG_ERR_REQUEST_MALFORMED', { message: 'a SelfSubjectAccessReview needs resourceAttributes or nonResourceAttributes' });
   const asked: KubeRequest = resource
     ? {
@@ -205,6 +205,22 @@ async function answerReview(context: ViewRequestContext): Promise<void> {
 }
 
 type Attributes = Record<string, string>;
+
+/** A review's `spec.<field>`: an object of strings, or undefined when absent. Anything else is malformed. */
+function attributes(review: unknown, field: 'resourceAttributes' | 'nonResourceAttributes'): Attributes | undefined {
+  const malformed = (): MeshgateError => new MeshgateError('MG_ERR_REQUEST_MALFORMED', { message: `a SelfSubjectAccessReview's spec.${field} must be an object of strings` });
+  if (typeof review !== 'object' || review === null) throw new MeshgateError('MG_ERR_REQUEST_MALFORMED', { message: 'a SelfSubjectAccessReview must be an object' });
+  const spec = (review as { spec?: unknown }).spec;
+  if (spec === undefined) return undefined;
+  if (typeof spec !== 'object' || spec === null) throw malformed();
+  const value = (spec as Record<string, unknown>)[field];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw malformed();
+  const entries = Object.entries(value as Record<string, unknown>);
+  // Kubernetes' own newer fields (fieldSelector, labelSelector) are objects: not meshgate's to judge.
+  if (entries.some(([key, v]) => typeof v !== 'string' && !['fieldSelector', 'labelSelector'].includes(key))) throw malformed();
+  return Object.fromEntries(entries.filter(([, v]) => typeof v === 'string')) as Attributes;
+}
 interface ReviewBody {
   spec?: { resourceAttributes?: Attributes; nonResourceAttributes?: Attributes };
 }

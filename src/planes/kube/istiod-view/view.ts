@@ -149,14 +149,17 @@ export async function handleViewRequest(
   }
 }
 
-/** A port-forward to the view's istiod pod: the pod must be one, and both rule sets must allow. */
+/**
+ * A port-forward to the view's istiod pod: the pod must be one, and both rule sets must allow it,
+ * since it reaches istiod with meshgate's token: `access.kube` the port-forward itself (`create` on
+ * `pods/portforward`, which no profile grants), and `access.debug` the caller.
+ */
 function authorizePortForward(view: ControlPlaneView, actor: Identity, request: KubeRequest, decide: KubeDecision): string {
   // A review may ask about no pod in particular ("can I port-forward in istio-system?").
   const named = request.name !== '' || request.path !== '';
   if (request.namespace !== view.contents.namespace || (named && !view.contents.pods.includes(request.name))) {
     throw new MeshgateError('MG_ERR_ROUTE_NOT_FOUND', { message: `pods "${request.name.slice(0, 100)}" not found` });
   }
-  // Reading the pod, by the kube rules; reaching istiod's debug port, by the debug rules.
-  decide(actor, view.cluster, { ...request, verb: 'get', subresource: '' });
+  decide(actor, view.cluster, request);
   return view.authorizeDebug(actor);
 }
