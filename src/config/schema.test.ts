@@ -65,15 +65,16 @@ describe('parseConfig', () => {
     ]);
   });
 
-  it('takes an API server by url or via an agent, the agent needing a serverName and keys meshgate holds', () => {
+  it('takes an API server by url or via an agent, the agent needing a serverName, its own CA and keys meshgate holds', () => {
     const cluster = (id: string, apiServer: Record<string, unknown>, more: Record<string, unknown> = { jwks: { file: 'k.json' } }) => ({ id, issuer: 'i', ...more, apiServer: { credentials: { tokenFile: 't' }, ...apiServer } });
     const acme = tenant('acme', {
       clusters: [
-        cluster('ok', { via: 'agent', serverName: 'kubernetes.default.svc' }),
-        cluster('both', { url: 'https://10.0.0.1:6443', via: 'agent', serverName: 'x' }),
+        cluster('ok', { via: 'agent', serverName: 'kubernetes.default.svc', ca: 'ca.pem' }),
+        cluster('both', { url: 'https://10.0.0.1:6443', via: 'agent', serverName: 'x', ca: 'ca.pem' }),
         cluster('neither', {}),
-        cluster('unnamed', { via: 'agent' }),
-        cluster('reviewed', { via: 'agent', serverName: 'x' }, { tokenReview: {} }),
+        cluster('unnamed', { via: 'agent', ca: 'ca.pem' }),
+        cluster('reviewed', { via: 'agent', serverName: 'x', ca: 'ca.pem' }, { tokenReview: {} }),
+        cluster('public', { via: 'agent', serverName: 'x' }),
       ],
       access: { kube: [{ method: 'token', profiles: ['istiod'] }], agent: [{ cluster: 'ok' }] },
     });
@@ -82,6 +83,7 @@ describe('parseConfig', () => {
       'tenants[0].clusters[2].apiServer: set either "url" or "via: agent"',
       'tenants[0].clusters[3].apiServer.serverName: with "via: agent" there is no URL to take the name from: set the name the API server\'s certificate is for',
       'tenants[0].clusters[4].tokenReview: meshgate calls TokenReview directly, which an agent cluster cannot take: use "jwks" (a file, or a URL meshgate reaches)',
+      'tenants[0].clusters[5].apiServer.ca: with "via: agent", set "ca", the API server\'s own CA: a certificate from a public CA for its name would let the agent read the traffic',
     ]);
   });
 

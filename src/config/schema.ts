@@ -178,9 +178,19 @@ const apiServer = z
     credentials: apiServerCredentials,
   })
   .check((ctx) => {
-    const { url, via, serverName } = ctx.value;
+    const { url, via, serverName, ca } = ctx.value;
     if ((url === undefined) === (via === undefined)) {
       ctx.issues.push({ code: 'custom', input: ctx.value, message: 'set either "url" or "via: agent"' });
+    }
+    // Through an agent, the API server's certificate is all that keeps the agent from reading the
+    // traffic: it is checked against the cluster's own CA, never the system roots.
+    if (via !== undefined && ca === undefined) {
+      ctx.issues.push({
+        code: 'custom',
+        input: ctx.value,
+        path: ['ca'],
+        message: 'with "via: agent", set "ca", the API server\'s own CA: a certificate from a public CA for its name would let the agent read the traffic',
+      });
     }
     if (via !== undefined && serverName === undefined) {
       ctx.issues.push({

@@ -350,7 +350,7 @@ function combineJson(typeUrl: string, replicas: readonly string[], answers: read
       merged.push({ ...entry, istiod: id });
     }
   });
-  const any = Buffer.concat([lengthDelimited(1, DEBUG_TYPE), lengthDelimited(2, JSON.stringify(merged, null, 2))]);
+  const any = Buffer.concat([lengthDelimited(1, DEBUG_TYPE), lengthDelimited(2, JSON.stringify(merged))]);
   const identifier = JSON.stringify({ ...first.identifier, Component: 'istiod', ID: ids.join(',') });
   const message = Buffer.concat([
     ...(first.versionInfo === undefined ? [] : [lengthDelimited(1, first.versionInfo)]),
