@@ -623,6 +623,31 @@ describe('isolation', () => {
     }
   });
 
+  it("spends the tenant's debug request rate on each request a port-forward carries", async () => {
+    const gateway = await startGatewayFrom(sandbox, (config) => {
+      for (const tenant of config.tenants as Record<string, any>[]) {
+        if (tenant.id === 'acme') tenant.limits = { ...tenant.limits, requestRate: { debug: { perSecond: 0.01, burst: 2 } } };
+      }
+    });
+    const config = viewKubeconfig({ token: await kialiToken(), port: gateway.port('api') });
+    const forward = await portForward(config, [15014], { KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false' });
+    try {
+      const answers: { status: number; code?: string; retryAfter: string | null }[] = [];
+      for (let i = 0; i < 3; i++) {
+        const res = await fetch(`http://127.0.0.1:${forward.local[0]}/version`);
+        const body = (await res.json()) as { code?: string };
+        answers.push({ status: res.status, ...(res.status === 200 ? {} : { code: body.code }), retryAfter: res.headers.get('retry-after') });
+      }
+      expect(answers.slice(0, 2).map((a) => a.status)).toEqual([200, 200]);
+      expect(answers[2]).toMatchObject({ status: 429, code: 'MG_ERR_LIMIT_RATE', retryAfter: expect.stringMatching(/^\d+$/) as string });
+      const metrics = await gateway.gateway.metrics.registry.getSingleMetricAsString('meshgate_limits_hit_total');
+      expect(metrics).toContain('meshgate_limits_hit_total{tenant="acme",plane="debug",limit="rate"} 1');
+    } finally {
+      forward.child.kill();
+      await gateway.close();
+    }
+  });
+
   it("never port-forwards for kiali-readonly alone: the kube rules must grant the port-forward itself", async () => {
     const gateway = await startGatewayFrom(sandbox, (config) => {
       for (const tenant of config.tenants as Record<string, any>[]) {

@@ -112,6 +112,15 @@ export function buildGateway(loaded: LoadedConfig, options: GatewayOptions = {})
       onWatch: (tenant, cluster, delta) => metrics.kubeWatches.inc({ tenant, cluster }, delta),
       onTunnel: (tenant, cluster, protocol, delta) => metrics.kubeTunnels.inc({ tenant, cluster, protocol }, delta),
       onViewForward: (tenant, port, endpoint, status) => metrics.kubeViewForwards.inc({ tenant, port: String(port), endpoint, code: String(status) }),
+      // Each request inside a view's port-forward is a debug-plane request, and spends its rate.
+      takeRate: (tenant, plane) => {
+        try {
+          rates.take(tenant, plane);
+        } catch (err) {
+          metrics.limitsHit.inc({ tenant: tenant.id, plane, limit: 'rate' });
+          throw err;
+        }
+      },
       onUpstreamLatency: (tenant, cluster, seconds) => metrics.kubeUpstreamLatency.observe({ tenant, cluster }, seconds),
       // Watches and tunnels can last hours: their start is recorded when it happens, their end by the access log.
       onLongRunning: ({ requestId, tenant, cluster, identity, request }) =>

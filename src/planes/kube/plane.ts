@@ -28,6 +28,7 @@ import { createAuthorizer, type Authorizer } from '../../policy/authorize.js';
 import { isLongRunning, parseKubeRequest, type KubeRequest } from '../../policy/kube-request.js';
 import { createKubeDecision, type KubeDecision } from '../../policy/kube-rules.js';
 import type { Plane, RoutedContext } from '../plane.js';
+import type { TenantCore } from '../../tenancy/tenant.js';
 import { buildControlPlaneView, handleViewRequest, viewActor, type ControlPlaneView } from './istiod-view/view.js';
 import { renderKubeError } from './status.js';
 import { takeWebSocketBearer } from './websocket-bearer.js';
@@ -73,6 +74,8 @@ export interface KubePlaneHooks {
   readonly onLongRunning?: (event: LongRunningStart) => void;
   /** A request forwarded through a port-forward to a control-plane view's istiod: port, endpoint, status (0: refused port). */
   readonly onViewForward?: (tenant: string, port: number, endpoint: string, status: number) => void;
+  /** Spends one of the tenant's tokens for `plane` (limits.requestRate), or throws MG_ERR_LIMIT_RATE. */
+  readonly takeRate?: (tenant: TenantCore, plane: 'debug') => void;
 }
 
 export interface LongRunningStart {
@@ -288,6 +291,7 @@ async function handleView(context: RoutedContext, state: KubeState, view: Contro
     await handleViewRequest(context, view, actor, request, state.decide, {
       onTunnel: (protocol, delta) => hooks.onTunnel?.(tenant, view.cluster, protocol, delta),
       onForward: (port, endpoint, status) => hooks.onViewForward?.(tenant, port, endpoint, status),
+      takeRate: () => hooks.takeRate?.(context.tenant, 'debug'),
     });
     code = String(context.upstreamStatus ?? exchange.status ?? 0);
   } catch (err) {

@@ -50,6 +50,8 @@ export interface ViewForward {
   readonly token: { readonly token: string; readonly cluster: string };
   /** The debug plane's deadline for one request. */
   readonly timeoutMs: number;
+  /** Spends a token of the tenant's debug request rate for each request, or throws MG_ERR_LIMIT_RATE. */
+  readonly takeRate?: (() => void) | undefined;
   /** Called once the tunnel is open; the returned function once it has closed. */
   readonly onOpen?: () => () => void;
   /** Each forwarded request's end: the port, the endpoint and the status (0 for a refusal on the error stream). */
@@ -211,6 +213,8 @@ async function serveForwarded(forward: ViewForward, port: number, req: IncomingM
       endpoint = name === 'version' ? '/version' : `/debug/${name ?? ''}`;
       path = target.query === undefined ? target.path : `${target.path}?${target.query}`;
     }
+    // Each request is a debug-plane request, and spends that plane's rate as one would.
+    forward.takeRate?.();
     const result = await forwardHttp(exchange, {
       upstream: forward.upstream,
       path,

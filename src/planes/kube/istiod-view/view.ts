@@ -38,6 +38,8 @@ export interface ControlPlaneView {
 export interface ViewHooks {
   readonly onTunnel?: (protocol: string, delta: 1 | -1) => void;
   readonly onForward?: (port: number, endpoint: string, status: number) => void;
+  /** Spends a token of the tenant's debug request rate, or throws MG_ERR_LIMIT_RATE. */
+  readonly takeRate?: () => void;
 }
 
 export function buildControlPlaneView(tenant: TenantCore, config: ControlPlaneViewConfig, authorizeDebug: Authorizer): ControlPlaneView | undefined {
@@ -115,6 +117,7 @@ export async function handleViewRequest(
         token: view.token,
         timeoutMs: view.timeoutMs,
         onRequest: hooks.onForward,
+        takeRate: hooks.takeRate,
         onOpen: () => {
           hooks.onTunnel?.(protocol, 1);
           return () => hooks.onTunnel?.(protocol, -1);
