@@ -20,6 +20,7 @@ import { constants as h2, performServerHandshake, type ServerHttp2Session, type 
 import type { IncomingMessage } from 'node:http';
 import { WebSocket, type ClientOptions } from 'ws';
 import { backoffMs } from '../backoff.js';
+import { keepSessionAlive } from '../forward/h2-keepalive.js';
 import { webSocketStream } from '../forward/websocket-stream.js';
 import type { Logger } from '../observability/logger.js';
 import { AGENT_PATH_PREFIX, AGENT_PROTOCOL, INSTANCE_HEADER } from '../planes/agent/protocol.js';
@@ -133,18 +134,12 @@ export function startAgent(options: AgentOptions): Agent {
       wake();
       session.on('error', () => undefined);
       session.on('stream', (relay: ServerHttp2Stream, headers) => answer(relay, headers[h2.HTTP2_HEADER_METHOD]));
-      const keepalive = setInterval(() => {
-        if (session.closed || session.destroyed) return;
-        const deadline = setTimeout(() => {
-          logger.warn({ cluster }, 'meshgate did not answer a ping: the tunnel is dropped');
-          session.destroy();
-        }, pingTimeoutMs);
-        deadline.unref();
-        session.ping(() => clearTimeout(deadline));
-      }, pingIntervalMs);
-      keepalive.unref();
+      keepSessionAlive(session, {
+        intervalMs: pingIntervalMs,
+        timeoutMs: pingTimeoutMs,
+        onTimeout: () => logger.warn({ cluster }, 'meshgate did not answer a ping: the tunnel is dropped'),
+      });
       session.once('close', () => {
-        clearInterval(keepalive);
         sessions.delete(session);
         ws.terminate();
         resolve();

@@ -17,6 +17,7 @@
 import { connect, constants as h2, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { MeshgateError } from '../errors.js';
+import { keepSessionAlive } from './h2-keepalive.js';
 
 export interface AgentTunnelEvents {
   /** The number of tunnels of a cluster changed. */
@@ -108,13 +109,7 @@ export function createAgentTunnels(events: AgentTunnelEvents = {}): AgentTunnels
         const handshake = setTimeout(() => {
           session.destroy(new MeshgateError('MG_ERR_AGENT_HANDSHAKE', { detail: `no HTTP/2 SETTINGS within ${timings.handshakeTimeoutMs} ms` }));
         }, timings.handshakeTimeoutMs);
-        const keepalive = setInterval(() => {
-          if (session.closed || session.destroyed) return;
-          const deadline = setTimeout(() => session.destroy(), timings.keepaliveTimeoutMs);
-          deadline.unref();
-          session.ping(() => clearTimeout(deadline));
-        }, timings.keepaliveIntervalMs);
-        keepalive.unref();
+        keepSessionAlive(session, { intervalMs: timings.keepaliveIntervalMs, timeoutMs: timings.keepaliveTimeoutMs });
 
         session.once('remoteSettings', () => {
           clearTimeout(handshake);
@@ -133,7 +128,6 @@ export function createAgentTunnels(events: AgentTunnelEvents = {}): AgentTunnels
         session.on('error', () => undefined);
         session.once('close', () => {
           clearTimeout(handshake);
-          clearInterval(keepalive);
           stream.destroy();
           if (registered) {
             const entry = entryOf(tenant, cluster);

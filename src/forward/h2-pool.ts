@@ -26,6 +26,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { backoffMs } from '../backoff.js';
 import { isLoopbackHost } from '../config/schema.js';
 import { MeshgateError } from '../errors.js';
+import { keepSessionAlive } from './h2-keepalive.js';
 import { refuseLoopback } from './refuse-loopback.js';
 
 export interface H2PoolEvents {
@@ -311,15 +312,8 @@ export function createH2Pool(options: H2PoolOptions): H2Pool {
       options.events?.goaway?.(replica.key);
       drain(pooled);
     });
-    const keepalive = setInterval(() => {
-      if (pooled.active === 0 || session.closed || session.destroyed) return;
-      const deadline = setTimeout(() => session.destroy(), config.keepaliveTimeout);
-      deadline.unref();
-      session.ping(() => clearTimeout(deadline));
-    }, config.keepaliveInterval);
-    keepalive.unref();
+    keepSessionAlive(session, { intervalMs: config.keepaliveInterval, timeoutMs: config.keepaliveTimeout, idle: () => pooled.active === 0 });
     session.once('close', () => {
-      clearInterval(keepalive);
       clearTimeout(pooled.idleTimer);
       replica.sessions.delete(pooled);
       options.events?.sessions?.(replica.key, replica.sessions.size);
