@@ -188,10 +188,7 @@ export function createKubePlane(hooks: KubePlaneHooks = {}, agents?: AgentTunnel
       const release = cluster.pool.hold();
       const { upstream, longRunning: running } = cluster.pool.value;
       try {
-        refuseUnsupportedUpgrade(exchange);
-        const bearer = takeWebSocketBearer(exchange.headers);
-        const authenticated = await state.authenticate({ socket: exchange.socket, authorization: bearer ?? exchange.headers.authorization });
-        context.admit(authenticated);
+        const authenticated = await authenticateCaller(context, state);
         const actor = actorOf(authenticated, cluster);
         state.sameTenant(actor);
         request = parseKubeRequest(exchange.method, route.path, target.query);
@@ -262,11 +259,26 @@ export function createKubePlane(hooks: KubePlaneHooks = {}, agents?: AgentTunnel
         throw err;
       } finally {
         release();
-        const verb = request?.verb ?? '';
-        hooks.onRequest?.(tenant, cluster.id, VERBS.has(verb) ? verb : request?.resourceRequest === false ? 'nonresource' : 'other', code || '0');
+        hooks.onRequest?.(tenant, cluster.id, verbLabel(request), code || '0');
       }
     },
   };
+}
+
+/** Checks the upgrade, authenticates the caller (a WebSocket's bearer too), and records who it is. */
+async function authenticateCaller(context: RoutedContext, state: KubeState): Promise<Authenticated> {
+  const { exchange } = context;
+  refuseUnsupportedUpgrade(exchange);
+  const bearer = takeWebSocketBearer(exchange.headers);
+  const authenticated = await state.authenticate({ socket: exchange.socket, authorization: bearer ?? exchange.headers.authorization });
+  context.admit(authenticated);
+  return authenticated;
+}
+
+/** The `verb` label of meshgate_kube_requests_total: a known verb, `nonresource`, or `other`. */
+function verbLabel(request: KubeRequest | undefined): string {
+  const verb = request?.verb ?? '';
+  return VERBS.has(verb) ? verb : request?.resourceRequest === false ? 'nonresource' : 'other';
 }
 
 /** A request to the tenant's control-plane view: authenticated and rate-counted as any kube request, answered by meshgate. */
@@ -276,10 +288,7 @@ async function handleView(context: RoutedContext, state: KubeState, view: Contro
   let request: KubeRequest | undefined;
   let code = '';
   try {
-    refuseUnsupportedUpgrade(exchange);
-    const bearer = takeWebSocketBearer(exchange.headers);
-    const authenticated = await state.authenticate({ socket: exchange.socket, authorization: bearer ?? exchange.headers.authorization });
-    context.admit(authenticated);
+    const authenticated = await authenticateCaller(context, state);
     const actor = viewActor(authenticated);
     state.sameTenant(actor);
     request = parseKubeRequest(exchange.method, path, target.query);
@@ -298,8 +307,7 @@ async function handleView(context: RoutedContext, state: KubeState, view: Contro
     code = err instanceof MeshgateError ? String(err.status) : '500';
     throw err;
   } finally {
-    const verb = request?.verb ?? '';
-    hooks.onRequest?.(tenant, view.cluster, VERBS.has(verb) ? verb : request?.resourceRequest === false ? 'nonresource' : 'other', code || '0');
+    hooks.onRequest?.(tenant, view.cluster, verbLabel(request), code || '0');
   }
 }
 

@@ -15,7 +15,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import { WebSocketServer, type WebSocket } from 'ws';
 import { MeshgateError } from '../../../errors.js';
 import { forwardHttp } from '../../../forward/http.js';
 import type { HttpUpstream } from '../../../forward/upstream.js';
@@ -108,7 +108,8 @@ export function servePortForward(exchange: UpgradeExchange, forward: ViewForward
         onStream,
         SESSION_LIMITS,
       );
-      ws.on('message', (data: RawData) => session.receive(toBuffer(data)));
+      // ws's default binaryType: each message is one Buffer (as src/forward/websocket-stream.ts takes it).
+      ws.on('message', (data: Buffer) => session.receive(data));
       ws.on('close', () => session.close());
       ws.on('error', () => ws.terminate());
     });
@@ -228,9 +229,4 @@ async function serveForwarded(forward: ViewForward, port: number, req: IncomingM
     if (!res.headersSent) renderHttpError(exchange, error);
     else res.destroy();
   }
-}
-
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  return Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
 }
