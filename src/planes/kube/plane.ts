@@ -31,6 +31,7 @@ import type { Plane, RoutedContext } from '../plane.js';
 import type { TenantCore } from '../../tenancy/tenant.js';
 import { buildControlPlaneView, handleViewRequest, viewActor, type ControlPlaneView } from './istiod-view/view.js';
 import { renderKubeError } from './status.js';
+import { refuseReservedIdentity } from './reserved-identity.js';
 import { takeWebSocketBearer } from './websocket-bearer.js';
 
 type Credential = { readonly kind: 'passthrough' } | { readonly kind: 'token'; readonly token: string } | { readonly kind: 'certificate' };
@@ -351,10 +352,7 @@ function actorOf(authenticated: Authenticated, cluster: KubeCluster): Identity {
     }
     return bearer.identity;
   }
-  if (identity.method === 'clientCertificate') {
-    const reserved = [identity.subject, ...(identity.groups ?? [])].find((name) => name.startsWith('system:'));
-    if (reserved !== undefined) throw new MeshgateError('MG_ERR_KUBE_IDENTITY_RESERVED', { detail: `certificate claims ${reserved}` });
-  }
+  refuseReservedIdentity(identity);
   return identity;
 }
 

@@ -20,6 +20,7 @@ import { DEFAULT_DEBUG_ENDPOINTS } from '../../debug/endpoints.js';
 import type { RoutedContext } from '../../plane.js';
 import { buildViewContents, type ViewContents } from './objects.js';
 import { servePortForward } from './port-forward.js';
+import { refuseReservedIdentity } from '../reserved-identity.js';
 import { serveViewRequest } from './serve.js';
 
 export interface ControlPlaneView {
@@ -80,10 +81,7 @@ export function buildControlPlaneView(tenant: TenantCore, config: ControlPlaneVi
 /** Who the view sees: the caller's identity, checked as the kube plane checks it for meshgate's own credential. */
 export function viewActor(authenticated: Authenticated): Identity {
   const { identity } = authenticated;
-  if (identity.method === 'clientCertificate') {
-    const reserved = [identity.subject, ...(identity.groups ?? [])].find((name) => name.startsWith('system:'));
-    if (reserved !== undefined) throw new MeshgateError('MG_ERR_KUBE_IDENTITY_RESERVED', { detail: `certificate claims ${reserved}` });
-  }
+  refuseReservedIdentity(identity);
   return authenticated.bearer?.identity ?? identity;
 }
 
